@@ -1,0 +1,198 @@
+"""The ``dst`` command line: prepare data, train, fine-tune, prune, evaluate.
+
+Every training command takes an optional YAML config (sections data/model/train/reg/prune),
+``--set section.key=value`` overrides and a few shortcut flags, and writes one run directory.
+Errors a user can fix are printed as one line and exit with status 2; a run that diverges
+exits with status 3 unless ``--allow-divergence`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dstcore import DstError
+
+# shortcut flag -> (section, key, type)
+SHORTCUTS: dict[str, tuple[str, str, type]] = {
+    "model": ("model", "name", str),
+    "dataset": ("data", "dataset", str),
+    "data_root": ("data", "data_root", str),
+    "train_subset": ("data", "train_subset", int),
+    "test_subset": ("data", "test_subset", int),
+    "epochs": ("train", "epochs", int),
+    "batch_size": ("train", "batch_size", int),
+    "lr": ("train", "lr", float),
+    "seed": ("train", "seed", int),
+    "threads": ("train", "threads", int),
+    "device": ("train", "device", str),
+}
+FINETUNE_SHORTCUTS = {"method": ("reg", "method", str), "lam": ("reg", "lam", float),
+                      "beta": ("reg", "beta", float)}
+PRUNE_SHORTCUTS = {"rate": ("prune", "rate", float), "threshold": ("prune", "threshold", float),
+                   "scope": ("prune", "scope", str), "weight_l1": ("prune", "weight_l1", float),
+                   "l1_epochs": ("prune", "l1_epochs", int),
+                   "finetune_epochs": ("prune", "finetune_epochs", int)}
+
+
+def _add_shortcuts(parser: argparse.ArgumentParser, table: dict) -> None:
+    for dest, (section, key, typ) in table.items():
+        parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=typ, default=None,
+                            help=f"sets {section}.{key}")
+
+
+def _add_run_args(parser: argparse.ArgumentParser, extra: dict) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="run directory to write")
+    parser.add_argument("--config", type=Path, help="YAML file with data/model/train/reg/prune")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoint.pt when it exists")
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="skip the final evaluation (metrics.json); use dst evaluate later")
+    parser.add_argument("--allow-divergence", action="store_true",
+                        help="exit 0 when the run diverges (it is still marked diverged)")
+    _add_shortcuts(parser, SHORTCUTS)
+    _add_shortcuts(parser, extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dst", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="locate, verify and describe a dataset")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default="data")
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--out", type=Path, help="write the manifest (JSON) here")
+
+    p = sub.add_parser("train", help="stage 1: dense baseline from scratch")
+    _add_run_args(p, FINETUNE_SHORTCUTS)
+    p = sub.add_parser("finetune", help="activation-regularised fine-tuning (stage 3 when the "
+                                        "parent was pruned)")
+    p.add_argument("--from", dest="init", required=True, type=Path, help="model.pt to start from")
+    _add_run_args(p, FINETUNE_SHORTCUTS)
+    p = sub.add_parser("prune", help="stage 2: weight l1, magnitude pruning, masked fine-tune")
+    p.add_argument("--from", dest="init", required=True, type=Path, help="model.pt to start from")
+    _add_run_args(p, PRUNE_SHORTCUTS)
+
+    p = sub.add_parser("evaluate", help="accuracy, sparsity and MACs of a saved model")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, help="run directory: reads model.pt (+ train.json), "
+                                               "writes metrics.json there")
+    src.add_argument("--checkpoint", type=Path, help="a model.pt")
+    p.add_argument("--out", type=Path, help="metrics file to write (default RUN/metrics.json)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--test-subset", type=int, default=None)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, stage: str):
+    """Merge parent checkpoint data/model, the YAML file, ``--set`` and shortcut flags."""
+    from dstcore.checkpoint import read_model
+    from dstcore.config import apply_overrides, from_dict, load_yaml
+
+    data: dict = {}
+    if stage != "train":
+        parent = read_model(args.init)
+        data = {"data": dict(parent["config"]["data"]), "model": dict(parent["config"]["model"])}
+    if args.config:
+        for section, values in load_yaml(args.config).items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section].update(values)
+            else:
+                data[section] = values
+    data = apply_overrides(data, args.overrides)
+    table = {**SHORTCUTS, **FINETUNE_SHORTCUTS, **PRUNE_SHORTCUTS}
+    for dest, (section, key, _) in table.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            data.setdefault(section, {})[key] = value
+    return from_dict(data)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from dstcore.data import describe, load_dataset
+    from dstcore.io import write_json
+
+    bundle = load_dataset(args.dataset, args.data_root, args.cache_dir,
+                          download=not args.no_download)
+    manifest = describe(bundle)
+    if args.out:
+        write_json(args.out, manifest)
+    print(f"{args.dataset}: {manifest['train_size']} train / {manifest['test_size']} test images "
+          f"from {manifest['source']}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, stage: str) -> int:
+    from dstcore.train import run
+
+    cfg = resolve_config(args, stage)
+    summary = run(cfg, stage, args.out, init=getattr(args, "init", None), resume=args.resume,
+                  final_eval=not args.no_evaluate)
+    if summary["status"] == "diverged" and not args.allow_divergence:
+        return 3
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dstcore.checkpoint import load_model
+    from dstcore.data import load_dataset
+    from dstcore.io import read_json, write_json
+    from dstcore.metrics import full_metrics
+    from dstcore.provenance import provenance
+    from dstcore.train import configure_runtime, merge_metrics, resolve_device
+
+    path = args.run / "model.pt" if args.run else args.checkpoint
+    out = args.out or ((args.run / "metrics.json") if args.run else None)
+    if out is None:
+        raise DstError("dst evaluate --checkpoint needs --out")
+    model, meta = load_model(path)
+    d = meta["config"]["data"]
+    configure_runtime(args.threads, True)
+    device = resolve_device(args.device)
+    bundle = load_dataset(d["dataset"], args.data_root or d["data_root"], d["cache_dir"],
+                          d["download"], d["verify"], d["train_subset"], args.test_subset or d["test_subset"],
+                          d["subset_seed"])
+    metrics = full_metrics(model, bundle, device, d["eval_batch_size"])
+    train_json = path.parent / "train.json"
+    if train_json.exists():
+        result = merge_metrics(metrics, read_json(train_json))
+        result["provenance"]["evaluated_with"] = provenance(device)
+    else:
+        result = {"status": meta["status"], "stage": meta["stage"], "model": meta["model"],
+                  "dataset": meta["dataset"], **metrics, "config": meta["config"],
+                  "provenance": provenance(device)}
+    write_json(out, result)
+    acc, sp = metrics["accuracy"]["top1"], metrics["activation_sparsity"]["overall"]
+    print(f"{path}: top1 {acc:.4f}, activation sparsity {sp:.4f}, "
+          f"MACs {metrics['macs']['effective']:.0f}/{metrics['macs']['dense']:.0f} "
+          f"(-{metrics['macs']['reduction_pct']:.1f}%)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            return cmd_prepare(args)
+        if args.command in ("train", "finetune", "prune"):
+            return cmd_run(args, args.command)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+    except DstError as err:
+        print(f"dst {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dst {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

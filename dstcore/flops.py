@@ -1,0 +1,106 @@
+"""Exact multiplication counts per image: dense MACs and effective MACs.
+
+- Dense MACs of a layer: output elements x (C_in / groups) x kH x kW for a Conv2d, output
+  features x input features for a Linear (per image; biases, BN and pooling not counted).
+- Effective MACs: the number of those products whose weight AND input activation are both
+  non-zero. For a Conv2d this is ``conv2d(input != 0, weight != 0)`` summed over the
+  output; zero padding contributes nothing. Both are averaged over the images seen.
+
+``flop_counter_macs`` cross-checks the dense count with ``torch.utils.flop_counter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from dstcore.sparsity.activations import weighted_layers
+
+
+def dense_macs(module: nn.Module, x: Tensor, y: Tensor) -> int:
+    """Multiplications of ``module`` for the whole batch (input ``x`` [N, ...], output ``y``)."""
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return y.numel() * (module.in_channels // module.groups) * kh * kw
+    return y.numel() * module.in_features
+
+
+@torch.no_grad()
+def effective_macs(module: nn.Module, x: Tensor) -> int:
+    """Products with a non-zero weight AND a non-zero input, summed over the batch ``x``."""
+    weight = module.weight
+    if isinstance(module, nn.Conv2d):
+        xm = (x != 0).to(weight.dtype if weight.is_floating_point() else torch.float32)
+        wm = (weight != 0).to(xm.dtype)
+        padding = module.padding
+        if module.padding_mode != "zeros":  # padded values are copies of inputs, not zeros
+            xm = F.pad(xm, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            padding = 0
+        counts = F.conv2d(xm.float(), wm.float(), None, module.stride, padding, module.dilation,
+                          module.groups)
+        # Each output is an integer < 2^24; rounding undoes any Winograd/FFT error.
+        return int(torch.round(counts).sum(dtype=torch.float64).item())
+    nz_inputs = (x != 0).reshape(-1, module.in_features).sum(0, dtype=torch.int64)
+    nz_weights = (weight != 0).sum(0, dtype=torch.int64)
+    return int((nz_inputs * nz_weights).sum().item())
+
+
+class MacCounter:
+    """Forward hooks that add up dense and effective MACs per layer over the batches seen."""
+
+    def __init__(self, model: nn.Module, effective: bool = True) -> None:
+        self.layers = weighted_layers(model)
+        self.effective = effective
+        self.dense = {n: 0 for n, _ in self.layers}
+        self.nonzero = {n: 0 for n, _ in self.layers}
+        self.images = 0
+
+    def _observe(self, name: str, module: nn.Module, x: Tensor, y: Tensor) -> None:
+        self.dense[name] += dense_macs(module, x, y)
+        if self.effective:
+            self.nonzero[name] += effective_macs(module, x)
+
+    @contextmanager
+    def observing(self) -> Iterator[MacCounter]:
+        handles = [m.register_forward_hook(
+            lambda mod, args, out, _n=n: self._observe(_n, mod, args[0], out))
+            for n, m in self.layers]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def count_images(self, n: int) -> None:
+        self.images += n
+
+    def summary(self) -> dict:
+        """Per-image dense and effective MACs per layer and in total, with the reduction in %."""
+        n = max(self.images, 1)
+        layers = {name: {"dense": self.dense[name] / n,
+                         "effective": self.nonzero[name] / n if self.effective else None}
+                  for name, _ in self.layers}
+        dense = sum(v["dense"] for v in layers.values())
+        out = {"dense": dense, "layers": layers}
+        if self.effective:
+            eff = sum(v["effective"] for v in layers.values())
+            out["effective"] = eff
+            out["reduction_pct"] = 100.0 * (1.0 - eff / dense) if dense else 0.0
+        return out
+
+
+def flop_counter_macs(model: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """MACs per image according to torch.utils.flop_counter (its FLOPs / 2), batch of one."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=param.device, dtype=param.dtype))
+    model.train(was_training)
+    return counter.get_total_flops() / 2

@@ -1,0 +1,1 @@
+"""Activation maps, activation regularisers and weight pruning."""

@@ -1,0 +1,87 @@
+"""Activation-map regularisers R(a), each normalised per sample (divided by the batch size).
+
+For a batch of activation maps ``a`` with batch size N:
+
+- ``l1``:    R(a) = sum |a| / N
+- ``hoyer``: R(a) = (sum |a|)^2 / sum a^2 / N       (Hoyer-square; 0 when a == 0)
+- ``tl1``:   R(a) = sum (1+beta)|a| / (beta+|a|) / N (Transformed l1; beta > 0)
+
+TL1 tends to the l0 "norm" as beta -> 0 and to l1 as beta -> inf.
+The training loss is CE + lam * sum_l w_l R(a_l) over the activation layers l.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from dstcore import DstError
+from dstcore.sparsity.activations import register_hooks
+
+Regularizer = Callable[[Tensor, float], Tensor]
+
+
+def l1(a: Tensor, beta: float = 0.0) -> Tensor:
+    """Sum of absolute values per sample."""
+    return a.abs().sum() / a.shape[0]
+
+
+def hoyer(a: Tensor, beta: float = 0.0) -> Tensor:
+    """Hoyer-square (sum|a|)^2 / sum a^2 per sample; 0 for an all-zero map."""
+    sum_sq = a.pow(2).sum()
+    safe = torch.where(sum_sq > 0, sum_sq, torch.ones_like(sum_sq))
+    return torch.where(sum_sq > 0, a.abs().sum().pow(2) / safe, torch.zeros_like(sum_sq)) \
+        / a.shape[0]
+
+
+def tl1(a: Tensor, beta: float) -> Tensor:
+    """Transformed l1: sum (1+beta)|a| / (beta+|a|) per sample."""
+    if beta <= 0:
+        raise DstError(f"tl1 needs beta > 0, got {beta}")
+    mag = a.abs()
+    return ((1.0 + beta) * mag / (beta + mag)).sum() / a.shape[0]
+
+
+REGULARIZERS: dict[str, Regularizer] = {"l1": l1, "hoyer": hoyer, "tl1": tl1}
+METHODS = ("none", *REGULARIZERS)  # "none": the lam = 0 fine-tuning control
+
+
+class ActivationPenalty:
+    """Accumulates sum_l w_l R(a_l) over a forward pass via pre-hooks on the activation layers.
+
+    Use as a context manager around training; call :meth:`pop` after each forward pass.
+    """
+
+    def __init__(self, layers: list[tuple[str, nn.Module]], method: str, beta: float = 1.0,
+                 layer_weights: dict[str, float] | None = None) -> None:
+        if method not in REGULARIZERS:
+            raise DstError(f"unknown regulariser '{method}'; choose from "
+                           f"{', '.join(REGULARIZERS)}")
+        names = {n for n, _ in layers}
+        unknown = set(layer_weights or {}) - names
+        if unknown:
+            raise DstError(f"layer_weights names unknown layers {sorted(unknown)}; activation "
+                           f"layers are {sorted(names)}")
+        self.layers, self.fn, self.beta = layers, REGULARIZERS[method], beta
+        self.weights = {n: float((layer_weights or {}).get(n, 1.0)) for n in names}
+        self.total: Tensor | float = 0.0
+        self._hooks = None
+
+    def _observe(self, name: str, module: nn.Module, a: Tensor) -> None:
+        if torch.is_grad_enabled():
+            self.total = self.total + self.weights[name] * self.fn(a, self.beta)
+
+    def __enter__(self) -> ActivationPenalty:
+        self._hooks = register_hooks(self.layers, self._observe)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def pop(self) -> Tensor | float:
+        """The penalty accumulated since the last call (a scalar tensor), and reset."""
+        total, self.total = self.total, 0.0
+        return total

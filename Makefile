@@ -1,0 +1,39 @@
+# Two commands do all set-up: `make all` (the experiments) and `make test` (the test suite).
+# Both create .venv on first use and reinstall only when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CORES  ?= 8
+CONFIG ?= config/config.yaml
+SNAKEMAKE_ARGS ?=
+
+.PHONY: all test lint bench report clean-results venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
+		| grep -v "is ignored: it is neither a file nor a directory" || true
+	$(BIN)/python -c "import dstcore, torch, snakemake, papermill"
+	$(BIN)/python -m ipykernel install --sys-prefix --name dstcore --display-name "dstcore" >/dev/null
+	@touch $(STAMP)
+
+all: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --profile profiles/default $(SNAKEMAKE_ARGS) all
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest -x -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/snakemake --lint
+
+bench: $(STAMP)
+	$(BIN)/dst latency sweep --out results/latency
+
+clean-results:
+	rm -rf results/* .snakemake/incomplete

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from dstcore import DstError
+from dstcore.data import DATASETS
+from dstcore.flops import MacCounter, flop_counter_macs
+from dstcore.models import MODELS, build_model
+from dstcore.sparsity.activations import activation_layers, execution_order, weighted_layers
+
+SHAPES = sorted({spec.input_shape for spec in DATASETS.values()})
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_every_model_builds_for_every_dataset_shape(name, shape):
+    model = build_model(name, shape, 7).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, *shape))
+    assert out.shape == (1, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(DstError, match="unknown model 'vgg'.*lenet5"):
+        build_model("vgg", (1, 28, 28), 10)
+
+
+def test_lenet5_macs_at_28x28():
+    model = build_model("lenet5", (1, 28, 28), 10)
+    assert flop_counter_macs(model, (1, 28, 28)) == 416_520
+    counter = MacCounter(model)
+    with counter.observing(), torch.no_grad():
+        model(torch.randn(3, 1, 28, 28))
+    counter.count_images(3)
+    assert counter.summary()["dense"] == 416_520
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet", "densenet121", "resnet20"])
+def test_activation_layers_exclude_only_the_image_layer(name):
+    shape = (3, 32, 32)
+    model = build_model(name, shape, 10)
+    order = execution_order(model, shape)
+    acts = activation_layers(model, shape)
+    assert sum(fed for _, _, fed in order) == 1 and order[0][2]
+    assert len(acts) == len(weighted_layers(model)) - 1
+    assert all(not m._forward_pre_hooks for _, m in weighted_layers(model))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "googlenet", "densenet121"])
+def test_penalty_backprops_through_residual_and_concat_paths(name):
+    from dstcore.sparsity.regularizers import ActivationPenalty
+
+    shape = (1, 28, 28)
+    model = build_model(name, shape, 10).train()
+    layers = activation_layers(model, shape)
+    with ActivationPenalty(layers, "tl1", beta=1.0) as penalty:
+        out = model(torch.randn(2, *shape))
+        loss = out.sum() + penalty.pop()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,155 @@
+"""Training stages on the bundled digits data (fast, offline)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import dstcore.train as train_mod
+from dstcore import DstError
+from dstcore.checkpoint import load_model, read_model
+from dstcore.config import from_dict
+from dstcore.data import load_dataset
+from dstcore.train import run
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", test_subset=200)
+
+
+def cfg(**sections):
+    base = {"data": {"dataset": "digits", "test_subset": 200},
+            "model": {"name": "lenet5"},
+            "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "threads": 1}}
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    return from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, digits):
+    out = tmp_path_factory.mktemp("runs") / "base"
+    run(cfg(), "train", out, bundle=digits)
+    return out
+
+
+def state(path):
+    return read_model(path)["state_dict"]
+
+
+def test_run_directory_contents(baseline):
+    assert {p.name for p in baseline.iterdir()} == {"config.yaml", "log.jsonl", "model.pt",
+                                                    "train.json", "metrics.json"}
+    lines = [json.loads(line) for line in (baseline / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    assert {"train_ce", "train_reg", "test_top1", "activation_sparsity",
+            "train_seconds"} <= set(lines[0])
+    metrics = json.loads((baseline / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["accuracy"]["top1"] > 0.5
+    assert metrics["macs"]["dense"] == 416_520 and metrics["macs"]["flop_counter_agrees"]
+    prov = metrics["provenance"]
+    assert prov["versions"]["torch"] and prov["seed"] == 0 and prov["device"] == "cpu"
+    assert "commit" in prov["git"] and metrics["train"]["wall_seconds"] > 0
+
+
+def test_cpu_runs_are_bit_identical(tmp_path, digits, baseline):
+    run(cfg(), "train", tmp_path / "again", bundle=digits)
+    a, b = state(baseline / "model.pt"), state(tmp_path / "again" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path, digits, baseline,
+                                                           monkeypatch):
+    real = train_mod.train_one_epoch
+    calls = {"n": 0}
+
+    def crash_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg(), "train", tmp_path / "r", bundle=digits)
+    assert (tmp_path / "r" / "checkpoint.pt").exists() and not (tmp_path / "r" / "model.pt").exists()
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    with pytest.raises(DstError, match="already holds a run"):
+        run(cfg(), "train", tmp_path / "r", bundle=digits)
+    run(cfg(), "train", tmp_path / "r", resume=True, bundle=digits)
+    a, b = state(baseline / "model.pt"), state(tmp_path / "r" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert len((tmp_path / "r" / "log.jsonl").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("method, lam", [("l1", 1e-3), ("hoyer", 1e-3), ("tl1", 1e-2)])
+def test_activation_regularisers_raise_sparsity(tmp_path, digits, baseline, method, lam):
+    control = tmp_path / "none"
+    run(cfg(train={"epochs": 2, "lr": 0.01}), "finetune", control, init=baseline / "model.pt",
+        bundle=digits)
+    reg = tmp_path / method
+    run(cfg(train={"epochs": 2, "lr": 0.01}, reg={"method": method, "lam": lam}), "finetune",
+        reg, init=baseline / "model.pt", bundle=digits)
+    sp = [json.loads((d / "metrics.json").read_text())["activation_sparsity"]["overall"]
+          for d in (control, reg)]
+    assert sp[1] > sp[0] + 0.02
+
+
+def test_prune_then_dual_keeps_masks_and_real_zeros(tmp_path, digits, baseline):
+    pruned = tmp_path / "prune"
+    run(cfg(train={"lr": 0.01}, prune={"rate": 0.8, "l1_epochs": 1, "finetune_epochs": 1}),
+        "prune", pruned, init=baseline / "model.pt", bundle=digits)
+    model, meta = load_model(pruned / "model.pt")
+    assert meta["masks_fixed"]
+    zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if hasattr(m, "weight")
+                and m.weight is not None and m.weight.dim() > 1)
+    total = sum(m.weight.numel() for m in model.modules() if hasattr(m, "weight")
+                and m.weight is not None and m.weight.dim() > 1)
+    assert zeros == round(0.8 * total)
+    dual = tmp_path / "dual"
+    run(cfg(train={"lr": 0.01}, reg={"method": "tl1", "lam": 1e-2}), "finetune", dual,
+        init=pruned / "model.pt", bundle=digits)
+    before, after = state(pruned / "model.pt"), state(dual / "model.pt")
+    for key, w in before.items():
+        if key.endswith("weight") and w.dim() > 1:
+            assert torch.all(after[key][w == 0] == 0)
+    metrics = json.loads((dual / "metrics.json").read_text())
+    assert metrics["weight_sparsity"]["overall"] >= 0.8
+    # weight zeros alone bound the products; activation zeros must remove more
+    weight_bound = sum(metrics["macs"]["layers"][name]["dense"] * (1 - layer["sparsity"])
+                       for name, layer in metrics["weight_sparsity"]["layers"].items())
+    assert metrics["macs"]["effective"] < 0.8 * weight_bound
+
+
+def test_absurd_lambda_diverges_cleanly(tmp_path, digits, baseline):
+    out = tmp_path / "boom"
+    summary = run(cfg(reg={"method": "l1", "lam": 1e38}), "finetune", out,
+                  init=baseline / "model.pt", bundle=digits)
+    assert summary["status"] == "diverged"
+    assert summary["divergence"]["epoch"] == 1 and summary["divergence"]["lam"] == 1e38
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "diverged"
+    model, meta = load_model(out / "model.pt")
+    assert meta["status"] == "diverged"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checks_happen_before_the_run_directory_exists(tmp_path, digits):
+    with pytest.raises(DstError, match="does not exist"):
+        run(cfg(), "finetune", tmp_path / "x", init=tmp_path / "missing.pt", bundle=digits)
+    with pytest.raises(DstError, match="reg.beta"):
+        run(cfg(reg={"method": "tl1", "lam": 1.0, "beta": -1}), "train", tmp_path / "y",
+            bundle=digits)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_learning_rate_schedules():
+    c = cfg(train={"lr": 1.0, "schedule": "cosine", "warmup_epochs": 2})
+    lrs = [train_mod.lr_at(c, e, 6) for e in range(6)]
+    assert lrs[:3] == [0.5, 1.0, 1.0] and lrs[3] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    s = cfg(train={"lr": 1.0, "schedule": "step", "milestones": [2, 4], "gamma": 0.1})
+    assert [train_mod.lr_at(s, e, 6) for e in range(6)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])

@@ -53,6 +53,8 @@ def _add_run_args(parser: argparse.ArgumentParser, extra: dict) -> None:
                         help="skip the final evaluation (metrics.json); use dst evaluate later")
     parser.add_argument("--allow-divergence", action="store_true",
                         help="exit 0 when the run diverges (it is still marked diverged)")
+    parser.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                        help="label stored with the run's metrics (repeatable), e.g. experiment=x")
     _add_shortcuts(parser, SHORTCUTS)
     _add_shortcuts(parser, extra)
 
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, default=None)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("aggregate", help="collect metrics.json files into tidy CSV tables")
+    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
+    p.add_argument("--results", type=Path, required=True, help="results folder (for run paths)")
+    p.add_argument("--out-dir", type=Path, required=True, help="where runs.csv/layers.csv go")
     return parser
 
 
@@ -115,6 +122,17 @@ def resolve_config(args: argparse.Namespace, stage: str):
     return from_dict(data)
 
 
+def parse_tags(items: list[str]) -> dict[str, str]:
+    """``key=value`` strings to a dict; keys must be identifiers."""
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise DstError(f"--tag '{item}' must look like key=value")
+        tags[key] = value
+    return tags
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from dstcore.data import describe, load_dataset
     from dstcore.io import write_json
@@ -134,7 +152,7 @@ def cmd_run(args: argparse.Namespace, stage: str) -> int:
 
     cfg = resolve_config(args, stage)
     summary = run(cfg, stage, args.out, init=getattr(args, "init", None), resume=args.resume,
-                  final_eval=not args.no_evaluate)
+                  final_eval=not args.no_evaluate, tags=parse_tags(args.tags))
     if summary["status"] == "diverged" and not args.allow_divergence:
         return 3
     return 0
@@ -185,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, args.command)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "aggregate":
+            from dstcore.aggregate import write_tables
+
+            runs = write_tables(args.metrics, args.results, args.out_dir)
+            print(f"{len(runs)} runs -> {args.out_dir}")
+            return 0
     except DstError as err:
         print(f"dst {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -177,7 +177,8 @@ def total_epochs(cfg: RunConfig, stage: str) -> int:
 
 
 def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None = None,
-        resume: bool = False, final_eval: bool = True, bundle: DataBundle | None = None) -> dict:
+        resume: bool = False, final_eval: bool = True, bundle: DataBundle | None = None,
+        tags: dict[str, str] | None = None) -> dict:
     """Run one stage into ``out_dir`` and return its ``train.json`` summary.
 
     Everything that can be checked (config, checkpoint, data) is checked before ``out_dir``
@@ -316,7 +317,7 @@ def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None
     make_permanent(model)
     wall = elapsed_before + time.perf_counter() - t_start
     summary = {
-        "status": status, "stage": stage, "from": str(init) if init else None,
+        "status": status, "stage": stage, "tags": tags or {}, "from": str(init) if init else None,
         "parent_status": parent.get("status") if parent else None,
         "epochs_planned": epochs, "epochs_completed": len(history) if not divergence
         else divergence["epoch"] - 1,
@@ -343,7 +344,7 @@ def merge_metrics(metrics: dict, summary: dict) -> dict:
     """metrics.json: the evaluation plus the run's identity, status and provenance."""
     cfg = summary["config"]
     return {
-        "status": summary["status"], "stage": summary["stage"],
+        "status": summary["status"], "stage": summary["stage"], "tags": summary.get("tags", {}),
         "model": cfg["model"]["name"], "dataset": cfg["data"]["dataset"],
         "method": cfg["reg"]["method"] if summary["stage"] == "finetune" else None,
         "lam": cfg["reg"]["lam"] if summary["stage"] == "finetune" else None,

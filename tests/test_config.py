@@ -46,7 +46,7 @@ def test_defaults_are_valid_and_ints_are_accepted_for_floats():
 
 
 def test_overrides_parse_yaml_values():
-    data = apply_overrides({"train": {"lr": 0.1}}, ["train.lr=0.5", "data.train_subset=100",
+    data = apply_overrides({"train": {"lr": 0.1}}, ["train.lr=5e-1", "data.train_subset=100",
                                                     "reg.layer_weights={fc1: 2}"])
     cfg = from_dict(data)
     assert cfg.train.lr == 0.5 and cfg.data.train_subset == 100

@@ -1,0 +1,23 @@
+# dstcore: dual sparse training reproduction pipeline.
+#   snakemake --cores 8 all                                # default config (CPU, < 45 min)
+#   snakemake --cores 8 --configfile config/paper.yaml all # the paper's grid (GPUs)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sparsify.smk"
+include: "workflow/rules/measure.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,121 @@
+"""Collect every run's ``metrics.json`` into tidy tables (one row per run, one per run x layer).
+
+``runs.csv`` columns: experiment, kind (baseline | control | actreg | pruned | dual_control |
+dual), model, dataset, method, lam, beta, prune_rate, seed, status, top1, top5 (fractions),
+activation_sparsity, weight_sparsity (fractions of exact zeros), dense_macs, effective_macs
+(multiplications per image), mac_reduction_pct, epochs_completed, wall_seconds,
+train_seconds_per_epoch, eval_seconds, diverged_epoch, divergence_reason, run_dir,
+git_commit, device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from dstcore import DstError
+from dstcore.io import read_json, write_with
+
+RUN_COLUMNS = [
+    "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate", "seed",
+    "status", "top1", "top5", "activation_sparsity", "weight_sparsity", "dense_macs",
+    "effective_macs", "mac_reduction_pct", "epochs_completed", "wall_seconds",
+    "train_seconds_per_epoch", "eval_seconds", "diverged_epoch", "divergence_reason", "run_dir",
+    "git_commit", "device",
+]
+LAYER_COLUMNS = [
+    "experiment", "kind", "method", "lam", "beta", "prune_rate", "seed", "status", "run_dir",
+    "layer", "position", "activation_sparsity", "weight_sparsity", "dense_macs", "effective_macs",
+]
+
+
+def _number(value) -> float:
+    if value is None or value == "":
+        return math.nan
+    return float(value)
+
+
+def run_row(metrics: dict, run_dir: str) -> dict:
+    """One ``runs.csv`` row from a ``metrics.json`` dict."""
+    tags = metrics.get("tags") or {}
+    train = metrics.get("train") or {}
+    divergence = train.get("divergence") or {}
+    macs = metrics["macs"]
+    cfg = metrics.get("config") or {}
+    return {
+        "experiment": tags.get("experiment", ""),
+        "kind": tags.get("kind", metrics.get("stage", "")),
+        "model": metrics["model"], "dataset": metrics["dataset"],
+        "method": tags.get("method", metrics.get("method") or "none"),
+        "lam": _number(tags.get("lam", metrics.get("lam"))),
+        "beta": _number(tags.get("beta", metrics.get("beta"))),
+        "prune_rate": _number(tags.get("prune_rate")),
+        "seed": int(metrics.get("seed", (cfg.get("train") or {}).get("seed", 0))),
+        "status": metrics["status"],
+        "top1": metrics["accuracy"]["top1"], "top5": metrics["accuracy"].get("top5", math.nan),
+        "activation_sparsity": metrics["activation_sparsity"]["overall"],
+        "weight_sparsity": metrics["weight_sparsity"]["overall"],
+        "dense_macs": macs["dense"], "effective_macs": macs["effective"],
+        "mac_reduction_pct": macs["reduction_pct"],
+        "epochs_completed": train.get("epochs_completed", math.nan),
+        "wall_seconds": _number(train.get("wall_seconds")),
+        "train_seconds_per_epoch": _number(train.get("train_seconds_per_epoch")),
+        "eval_seconds": _number(metrics.get("eval_seconds")),
+        "diverged_epoch": _number(divergence.get("epoch")),
+        "divergence_reason": divergence.get("reason", ""),
+        "run_dir": run_dir,
+        "git_commit": ((metrics.get("provenance") or {}).get("git") or {}).get("commit") or "",
+        "device": (metrics.get("provenance") or {}).get("device", ""),
+    }
+
+
+def layer_rows(metrics: dict, row: dict) -> list[dict]:
+    """``layers.csv`` rows: one per Conv2d/Linear layer in execution order of the MAC count."""
+    act = metrics["activation_sparsity"]["layers"]
+    weights = metrics["weight_sparsity"]["layers"]
+    rows = []
+    for position, (layer, macs) in enumerate(metrics["macs"]["layers"].items()):
+        rows.append({
+            **{k: row[k] for k in ("experiment", "kind", "method", "lam", "beta", "prune_rate",
+                                   "seed", "status", "run_dir")},
+            "layer": layer, "position": position,
+            "activation_sparsity": act[layer]["sparsity"] if layer in act else math.nan,
+            "weight_sparsity": weights[layer]["sparsity"],
+            "dense_macs": macs["dense"], "effective_macs": macs["effective"],
+        })
+    return rows
+
+
+def collect(metrics_files: list[Path], results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, layers) tables from ``metrics_files``; a missing or unreadable file is an error."""
+    runs, layers = [], []
+    for path in metrics_files:
+        path = Path(path)
+        try:
+            metrics = read_json(path)
+        except (OSError, ValueError) as err:
+            raise DstError(f"cannot read {path}: {err}") from err
+        run_dir = os.path.relpath(path.parent, results_dir)
+        row = run_row(metrics, run_dir)
+        runs.append(row)
+        layers.extend(layer_rows(metrics, row))
+    run_table = pd.DataFrame(runs, columns=RUN_COLUMNS)
+    run_table = run_table.sort_values(["experiment", "kind", "method", "prune_rate", "lam",
+                                       "beta", "seed"], na_position="first", kind="stable")
+    return run_table.reset_index(drop=True), pd.DataFrame(layers, columns=LAYER_COLUMNS)
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically."""
+    write_with(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
+def write_tables(metrics_files: list[Path], results_dir: Path, out_dir: Path) -> pd.DataFrame:
+    """Write ``runs.csv`` and ``layers.csv`` into ``out_dir``; return the runs table."""
+    runs, layers = collect(metrics_files, results_dir)
+    write_csv(runs, Path(out_dir) / "runs.csv")
+    write_csv(layers, Path(out_dir) / "layers.csv")
+    return runs

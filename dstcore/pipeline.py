@@ -1,0 +1,77 @@
+"""Checks and naming for the Snakemake pipeline's config (used by workflow/rules/common.smk).
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks types, ranges and names;
+:func:`check_experiments` adds what a schema cannot say (unique names, existing folders).
+:func:`schema_error_line` turns a jsonschema error into one line naming key, value, allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dstcore import DstError
+
+
+def _key_path(path) -> str:
+    out = "config"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def schema_error_line(error) -> str:
+    """One line for a jsonschema ``ValidationError``: where, what value, what is allowed."""
+    import jsonschema
+
+    if not isinstance(error, jsonschema.ValidationError):
+        return str(error).splitlines()[0]
+    error = jsonschema.exceptions.best_match([error])
+    where = _key_path(error.absolute_path)
+    value = error.instance
+    schema = error.schema
+    if error.validator == "additionalProperties":
+        allowed = sorted(schema.get("properties", {}))
+        extra = sorted(set(value) - set(allowed))
+        return f"{where}: unknown key {', '.join(map(repr, extra))}; allowed keys: " \
+               f"{', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where}: {value!r} is not allowed; expected one of {', '.join(map(str, schema['enum']))}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=",
+              "exclusiveMaximum": "<"}[error.validator]
+        return f"{where}: {value!r} is not allowed; expected a number {op} {error.validator_value}"
+    if error.validator == "minItems":
+        return f"{where}: {value!r} is not allowed; expected at least {error.validator_value} item(s)"
+    if error.validator == "type":
+        return f"{where}: {value!r} is not allowed; expected type {error.validator_value}"
+    return f"{where}: {error.message}"
+
+
+def check_experiments(config: dict) -> None:
+    """Checks beyond the schema; raise :class:`DstError` with one line naming the key."""
+    names = [e["name"] for e in config["experiments"]]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DstError(f"config.experiments: duplicate experiment name(s) {', '.join(duplicates)}; "
+                       f"names must be unique")
+    root = config.get("data_root")
+    if root and not Path(os.path.expanduser(root)).is_dir():
+        raise DstError(f"config.data_root: {root!r} is not an existing directory")
+    for i, exp in enumerate(config["experiments"]):
+        dual = exp.get("dual")
+        if dual and dual.get("l1_epochs", 1) + dual.get("finetune_epochs", 2) < 1:
+            raise DstError(f"config.experiments[{i}].dual: needs at least one epoch")
+        if not exp.get("regularizers") and not dual:
+            continue
+        if (exp.get("regularizers") or dual) and "finetune" not in exp:
+            raise DstError(f"config.experiments[{i}].finetune: required when regularizers or "
+                           f"dual are given (the schedule every regulariser and the lam = 0 "
+                           f"control share)")
+
+
+def fmt(value: float) -> str:
+    """Canonical text of a number in paths and tags (``1e-05``, ``0.001``, ``0.9``)."""
+    return f"{float(value):g}"

@@ -1,0 +1,48 @@
+# Stage 1 (dense baseline) and the activation-regulariser comparison (l1/hoyer/tl1 and lam=0).
+# Runs resume from their own checkpoint.pt, which Snakemake does not delete on failure.
+
+
+rule train_baseline:
+    input:
+        data=prepared_data,
+    output:
+        model=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/train.json",
+    log:
+        f"{RESULTS}/logs/{{exp}}/baseline/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/baseline/seed{{seed}}.tsv"
+    params:
+        args=baseline_args,
+    threads: config["threads_per_job"]
+    resources:
+        mem_mb=resources_of("mem_mb", 4000),
+        runtime=resources_of("runtime", 60),
+        gpu=resources_of("gpu", 0),
+    shell:
+        "OMP_NUM_THREADS={threads} dst train --out $(dirname {output.model}) --resume "
+        "--no-evaluate --allow-divergence --threads {threads} {params.args} > {log} 2>&1"
+
+
+rule finetune_actreg:
+    input:
+        data=prepared_data,
+        parent=baseline_model,
+    output:
+        model=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/train.json",
+    log:
+        f"{RESULTS}/logs/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}.tsv"
+    params:
+        args=actreg_args,
+    threads: config["threads_per_job"]
+    resources:
+        mem_mb=resources_of("mem_mb", 4000),
+        runtime=resources_of("runtime", 60),
+        gpu=resources_of("gpu", 0),
+    shell:
+        "OMP_NUM_THREADS={threads} dst finetune --from {input.parent} "
+        "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
+        "--threads {threads} {params.args} > {log} 2>&1"

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 all: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG) --profile profiles/default $(SNAKEMAKE_ARGS) all
+	$(BIN)/snakemake all --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -50,6 +50,19 @@ def schema_error_line(error) -> str:
     return f"{where}: {error.message}"
 
 
+def validate_config(config: dict, schema: str | Path) -> dict:
+    """Validate (and fill defaults into) a pipeline config; one-line :class:`DstError` if bad."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    try:
+        validate(config, str(Path(schema).resolve()))
+    except WorkflowError as err:
+        raise DstError(schema_error_line(err.__context__ or err)) from None
+    check_experiments(config)
+    return config
+
+
 def check_experiments(config: dict) -> None:
     """Checks beyond the schema; raise :class:`DstError` with one line naming the key."""
     names = [e["name"] for e in config["experiments"]]

@@ -5,23 +5,26 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from dstcore import DstError
-from dstcore.pipeline import check_experiments, fmt, schema_error_line
+from dstcore.pipeline import fmt, validate_config
 
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
-except WorkflowError as err:
-    cause = next((a for a in err.args if isinstance(a, Exception)), err)
-    raise WorkflowError(f"invalid config: {schema_error_line(cause)}") from None
-try:
-    check_experiments(config)
+    validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
 except DstError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
-# Jobs call the `dst` console script of the environment running Snakemake.
-os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+# Jobs run `python -m dstcore.cli`: the Python of the environment running Snakemake, or of the
+# rule's conda environment (--sdm conda, built from environment.yml) with this checkout on
+# PYTHONPATH.
+def _prepend(variable, folder):
+    return os.pathsep.join(filter(None, [str(folder), os.environ.get(variable)]))
+
+
+os.environ.update(
+    PATH=_prepend("PATH", Path(sys.executable).parent),
+    PYTHONPATH=_prepend("PYTHONPATH", Path(workflow.basedir).resolve()),
+)
 
 RESULTS = config["results_dir"]
 EXPERIMENTS = {e["name"]: e for e in config["experiments"]}
@@ -120,7 +123,7 @@ def tags(**values):
 
 
 def baseline_args(wildcards):
-    return f"{common_args(wildcards, 'baseline')} " + tags(experiment=wildcards.exp, kind="baseline")
+    return f"{common_args(wildcards, 'baseline')} {tags(experiment=wildcards.exp, kind='baseline')}"
 
 
 def variant_parts(variant):
@@ -135,10 +138,10 @@ def actreg_args(wildcards):
     reg = {"method": method, "lam": float(wildcards.lam)}
     if beta is not None:
         reg["beta"] = beta
-    kind = "control" if method == "none" else "actreg"
-    return (f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} "
-            + tags(experiment=wildcards.exp, kind=kind, method=method, lam=wildcards.lam,
-                   **({"beta": fmt(beta)} if beta is not None else {})))
+    labels = tags(experiment=wildcards.exp, kind="control" if method == "none" else "actreg",
+                  method=method, lam=wildcards.lam,
+                  **({"beta": fmt(beta)} if beta is not None else {}))
+    return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
 
 
 def prune_args(wildcards):
@@ -146,19 +149,19 @@ def prune_args(wildcards):
     prune = {"rate": float(wildcards.rate), "weight_l1": dual["weight_l1"],
              "l1_epochs": dual["l1_epochs"], "finetune_epochs": dual["finetune_epochs"],
              "scope": dual["scope"]}
-    return (f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} "
-            + tags(experiment=wildcards.exp, kind="pruned", method="none",
-                   prune_rate=wildcards.rate))
+    labels = tags(experiment=wildcards.exp, kind="pruned", method="none",
+                  prune_rate=wildcards.rate)
+    return f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} {labels}"
 
 
 def dual_args(wildcards):
     dual = EXPERIMENTS[wildcards.exp]["dual"]
     lam = float(wildcards.lam)
     reg = {"method": "tl1", "lam": lam, "beta": dual["tl1_beta"]} if lam > 0 else {"method": "none"}
-    return (f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} "
-            + tags(experiment=wildcards.exp, kind="dual" if lam > 0 else "dual_control",
-                   method=reg["method"], lam=wildcards.lam, prune_rate=wildcards.rate,
-                   **({"beta": fmt(dual["tl1_beta"])} if lam > 0 else {})))
+    labels = tags(experiment=wildcards.exp, kind="dual" if lam > 0 else "dual_control",
+                  method=reg["method"], lam=wildcards.lam, prune_rate=wildcards.rate,
+                  **({"beta": fmt(dual["tl1_beta"])} if lam > 0 else {}))
+    return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
 
 
 def resources_of(key, default):

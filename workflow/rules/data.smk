@@ -1,4 +1,6 @@
 rule prepare_data:
+    conda:
+        "../../environment.yml"
     output:
         f"{RESULTS}/data/{{dataset}}.json",
     log:
@@ -11,5 +13,5 @@ rule prepare_data:
         mem_mb=4000,
         runtime=30,
     shell:
-        "dst prepare --dataset {wildcards.dataset} {params.root} --cache-dir {params.cache} "
+        "python -m dstcore.cli prepare --dataset {wildcards.dataset} {params.root} --cache-dir {params.cache} "
         "{params.download} --out {output} > {log} 2>&1"

@@ -2,6 +2,8 @@
 
 
 rule evaluate:
+    conda:
+        "../../environment.yml"
     input:
         model="{run}/model.pt",
         summary="{run}/train.json",
@@ -16,11 +18,13 @@ rule evaluate:
     params:
         device=config["device"],
     shell:
-        "OMP_NUM_THREADS={threads} dst evaluate --run $(dirname {input.model}) "
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli evaluate --run $(dirname {input.model}) "
         "--threads {threads} --device {params.device} > {log} 2>&1"
 
 
 rule aggregate:
+    conda:
+        "../../environment.yml"
     input:
         all_metrics(),
     output:
@@ -29,7 +33,7 @@ rule aggregate:
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(output.runs)),
     shell:
-        "dst aggregate --results {params.results} --out-dir $(dirname {output.runs}) "
+        "python -m dstcore.cli aggregate --results {params.results} --out-dir $(dirname {output.runs}) "
         "{input} > {log} 2>&1"

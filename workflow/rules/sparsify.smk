@@ -3,6 +3,8 @@
 
 
 rule prune_weights:
+    conda:
+        "../../environment.yml"
     input:
         data=prepared_data,
         parent=baseline_model,
@@ -21,12 +23,14 @@ rule prune_weights:
         runtime=resources_of("runtime", 60),
         gpu=resources_of("gpu", 0),
     shell:
-        "OMP_NUM_THREADS={threads} dst prune --from {input.parent} "
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli prune --from {input.parent} "
         "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"
 
 
 rule dual_tl1:
+    conda:
+        "../../environment.yml"
     input:
         data=prepared_data,
         parent=stage2_model,
@@ -45,6 +49,6 @@ rule dual_tl1:
         runtime=resources_of("runtime", 60),
         gpu=resources_of("gpu", 0),
     shell:
-        "OMP_NUM_THREADS={threads} dst finetune --from {input.parent} "
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
         "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"

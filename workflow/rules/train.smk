@@ -3,6 +3,8 @@
 
 
 rule train_baseline:
+    conda:
+        "../../environment.yml"
     input:
         data=prepared_data,
     output:
@@ -20,11 +22,13 @@ rule train_baseline:
         runtime=resources_of("runtime", 60),
         gpu=resources_of("gpu", 0),
     shell:
-        "OMP_NUM_THREADS={threads} dst train --out $(dirname {output.model}) --resume "
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli train --out $(dirname {output.model}) --resume "
         "--no-evaluate --allow-divergence --threads {threads} {params.args} > {log} 2>&1"
 
 
 rule finetune_actreg:
+    conda:
+        "../../environment.yml"
     input:
         data=prepared_data,
         parent=baseline_model,
@@ -43,6 +47,6 @@ rule finetune_actreg:
         runtime=resources_of("runtime", 60),
         gpu=resources_of("gpu", 0),
     shell:
-        "OMP_NUM_THREADS={threads} dst finetune --from {input.parent} "
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
         "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"

@@ -1,0 +1,160 @@
+"""The Snakemake pipeline end to end on config/smoke.yaml, plus dry runs of the other configs."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
+from tests.conftest import ROOT
+
+
+def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake dry run as {rule: count}."""
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def smoke_config(results, **changes) -> dict:
+    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
+    config["results_dir"] = str(results)
+    config.update(changes)
+    return config
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory, data_root):
+    """Run the whole smoke DAG once; yield (results folder, config file)."""
+    tmp = tmp_path_factory.mktemp("smoke")
+    results = tmp / "results"
+    cfg = tmp / "smoke.yaml"
+    cfg.write_text(yaml.safe_dump(smoke_config(results)))
+    proc = snakemake("all", "--cores", "2", "--configfile", str(cfg))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return results, cfg
+
+
+def expected_runs(config: dict) -> set[str]:
+    runs = set()
+    for exp in config["experiments"]:
+        name = exp["name"]
+        for seed in exp["seeds"]:
+            runs.add(f"{name}/baseline/seed{seed}")
+            runs.add(f"{name}/none/lam0/seed{seed}")
+            for method, spec in exp.get("regularizers", {}).items():
+                for beta in spec.get("betas", [None]):
+                    variant = f"tl1-beta{beta:g}" if method == "tl1" else method
+                    runs.update(f"{name}/{variant}/lam{lam:g}/seed{seed}" for lam in spec["lams"])
+            dual = exp.get("dual")
+            if dual:
+                for rate in dual["prune_rates"]:
+                    runs.add(f"{name}/dual/prune{rate:g}/stage2/seed{seed}")
+                    runs.update(f"{name}/dual/prune{rate:g}/lam{lam:g}/seed{seed}"
+                                for lam in [0, *dual["tl1_lams"]])
+    return runs
+
+
+def test_smoke_tables_are_complete_and_well_formed(smoke):
+    results, cfg = smoke
+    config = yaml.safe_load(cfg.read_text())
+    runs = pd.read_csv(results / "tables/runs.csv")
+    assert list(runs.columns) == RUN_COLUMNS
+    assert set(runs.run_dir) == expected_runs(config) and runs.run_dir.is_unique
+    ok = runs[runs.status == "completed"]
+    for col in ("top1", "activation_sparsity", "weight_sparsity"):
+        assert ok[col].between(0, 1).all(), col
+    assert (ok.effective_macs <= ok.dense_macs).all() and (ok.effective_macs > 0).all()
+    assert (runs[runs.model == "lenet5"].dense_macs == 416_520).all()
+    assert ok.wall_seconds.gt(0).all() and ok.git_commit.notna().all()
+    kinds = runs.groupby("experiment").kind.apply(set).to_dict()
+    assert kinds["lenet5_mnist"] == {"baseline", "control", "actreg", "pruned", "dual_control",
+                                     "dual"}
+    pruned = runs[runs.kind.isin(["pruned", "dual", "dual_control"])]
+    assert (pruned.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()
+    tl1 = runs[runs.method == "tl1"]
+    assert (tl1.beta == 1.0).all() and not math.isnan(tl1.lam.iloc[0])
+
+    layers = pd.read_csv(results / "tables/layers.csv")
+    assert list(layers.columns) == LAYER_COLUMNS
+    assert set(layers.run_dir) == set(runs.run_dir)
+    lenet = layers[layers.run_dir == "lenet5_mnist/baseline/seed0"]
+    assert list(lenet.layer) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    assert math.isnan(lenet.activation_sparsity.iloc[0])  # the image is not an activation map
+    totals = layers.groupby("run_dir")[["dense_macs", "effective_macs"]].sum()
+    merged = runs.set_index("run_dir").join(totals, rsuffix="_layers")
+    assert (merged.dense_macs - merged.dense_macs_layers).abs().max() < 1e-6
+    assert (merged.effective_macs - merged.effective_macs_layers).abs().max() < 1e-3
+
+
+def test_absurd_lambda_is_kept_as_a_diverged_row(smoke):
+    results, _ = smoke
+    runs = pd.read_csv(results / "tables/runs.csv")
+    bad = runs[runs.lam > 1e20]
+    assert len(bad) == 1 and bad.status.iloc[0] == "diverged"
+    assert bad.diverged_epoch.iloc[0] == 1 and "non-finite" in bad.divergence_reason.iloc[0]
+    assert (runs[runs.lam.fillna(0) < 1e20].status == "completed").all()
+
+
+def test_every_rule_wrote_a_log(smoke):
+    results, _ = smoke
+    logs = list((results / "logs").rglob("*.log"))
+    assert len(logs) >= 10 and all(p.stat().st_size > 0 for p in logs if "aggregate" not in p.name)
+    assert list((results / "benchmarks").rglob("*.tsv"))
+
+
+def test_second_run_has_nothing_to_do(smoke):
+    _, cfg = smoke
+    proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(cfg))
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_adding_a_lambda_runs_only_the_new_jobs(smoke, tmp_path):
+    results, cfg = smoke
+    config = yaml.safe_load(cfg.read_text())
+    config["experiments"][0]["regularizers"]["hoyer"]["lams"].append(3.0e-3)
+    more = tmp_path / "more.yaml"
+    more.write_text(yaml.safe_dump(config))
+    proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(more))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts.pop("finetune_actreg") == 1 and counts.pop("evaluate") == 1
+    assert counts.pop("aggregate") == 1 and counts.pop("all") == 1
+    assert set(counts) <= {"render_report", "figures", "tables", "report"}, counts
+
+
+def test_paper_config_resolves_the_whole_dag():
+    proc = snakemake("all", "-n", "--cores", "8", "--configfile", "config/paper.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["train_baseline"] == 10  # lenet5 x 3 seeds + 5 CIFAR-100 + 2 ImageNet
+    assert counts["prepare_data"] == 3
+    assert counts["finetune_actreg"] > 100 and counts["dual_tl1"] > 20
+
+
+def test_lint_is_clean():
+    proc = snakemake("--lint")
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout
+
+
+def test_bad_config_stops_snakemake_with_one_line(tmp_path):
+    bad = smoke_config(tmp_path / "r")
+    bad["experiments"][0]["regularizers"]["tl1"]["betas"] = [-1.0]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    proc = snakemake("all", "-n", "--configfile", str(path))
+    assert proc.returncode != 0
+    assert ("invalid config: config.experiments[0].regularizers.tl1.betas[0]: -1.0 is not "
+            "allowed; expected a number > 0") in proc.stdout + proc.stderr

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="auto")
 
+    p = sub.add_parser("render", help="execute a report notebook (papermill) and write HTML")
+    p.add_argument("--notebook", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="executed notebook to write")
+    p.add_argument("--html", type=Path, required=True, help="HTML to write (code hidden)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="notebook parameter (value parsed as YAML)")
+
     p = sub.add_parser("aggregate", help="collect metrics.json files into tidy CSV tables")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
     p.add_argument("--results", type=Path, required=True, help="results folder (for run paths)")
@@ -203,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, args.command)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "render":
+            import yaml
+
+            from dstcore.render import render
+
+            params = {name: yaml.safe_load(value) for name, value in args.parameter}
+            render(args.notebook, args.out, args.html, params)
+            print(f"{args.notebook} -> {args.html}")
+            return 0
         if args.command == "aggregate":
             from dstcore.aggregate import write_tables
 

@@ -3,48 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import re
-import subprocess
-import sys
 
 import pandas as pd
-import pytest
 import yaml
 
 from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
-from tests.conftest import ROOT
-
-
-def snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a snakemake dry run as {rule: count}."""
-    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
-
-
-def smoke_config(results, **changes) -> dict:
-    config = yaml.safe_load((ROOT / "config/smoke.yaml").read_text())
-    config["results_dir"] = str(results)
-    config.update(changes)
-    return config
-
-
-@pytest.fixture(scope="session")
-def smoke(tmp_path_factory, data_root):
-    """Run the whole smoke DAG once; yield (results folder, config file)."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    results = tmp / "results"
-    cfg = tmp / "smoke.yaml"
-    cfg.write_text(yaml.safe_dump(smoke_config(results)))
-    proc = snakemake("all", "--cores", "2", "--configfile", str(cfg))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return results, cfg
+from tests.conftest import job_counts, smoke_config, snakemake
 
 
 def expected_runs(config: dict) -> set[str]:

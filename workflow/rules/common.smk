@@ -80,6 +80,24 @@ def all_targets():
     return [f"{RESULTS}/tables/runs.csv", f"{RESULTS}/tables/layers.csv", *report_targets()]
 
 
+def report_figures():
+    """Figure stems the notebook writes, per experiment, from what the config runs."""
+    stems = []
+    for name, exp in EXPERIMENTS.items():
+        if exp.get("regularizers"):
+            stems += [f"{name}_tradeoff", f"{name}_layer_sparsity"]
+        if exp.get("dual"):
+            stems.append(f"{name}_dual_macs")
+    return stems
+
+
+REPORT_TABLES = ["activation_sparsity", "dual_sparse", "paper_vs_reproduced", "diverged"]
+
+
+def report_targets():
+    return [f"{RESULTS}/report/report.html"]
+
+
 # ---------------------------------------------------------------- input functions
 
 

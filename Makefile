@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CORES  ?= 8
+CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
 
@@ -18,7 +18,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
 		| grep -v "is ignored: it is neither a file nor a directory" || true
 	$(BIN)/python -c "import dstcore, torch, snakemake, papermill"
-	$(BIN)/python -m ipykernel install --sys-prefix --name dstcore --display-name "dstcore" >/dev/null
 	@touch $(STAMP)
 
 all: $(STAMP)

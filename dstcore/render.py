@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,22 +33,34 @@ def ensure_kernel(name: str = KERNEL) -> str:
 def render(notebook: Path, executed: Path, html: Path, parameters: dict) -> None:
     """Run ``notebook`` with ``parameters`` into ``executed``, then write ``html`` (no code).
 
-    A notebook that raises fails with papermill's error and leaves no HTML behind.
+    Both files appear only when the whole notebook ran: a notebook that raises fails with
+    papermill's error, leaves no HTML behind and keeps the traceback in
+    ``<executed>.failed.ipynb``.
     """
     import nbformat
     import papermill
     from nbconvert import HTMLExporter
 
     html.unlink(missing_ok=True)
+    executed.unlink(missing_ok=True)
     kernel = ensure_kernel()
     executed.parent.mkdir(parents=True, exist_ok=True)
+    partial = executed.with_name(f".{executed.name}.partial")  # papermill saves as it goes
     try:
-        papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
-                                   kernel_name=kernel, cwd=str(Path.cwd()), progress_bar=False)
-    except papermill.PapermillExecutionError as err:
-        raise DstError(f"{notebook} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
-                       f"(executed notebook with the traceback: {executed})") from err
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
-    write_text(html, body)
+        try:
+            papermill.execute_notebook(str(notebook), str(partial), parameters=parameters,
+                                       kernel_name=kernel, cwd=str(Path.cwd()),
+                                       progress_bar=False)
+        except papermill.PapermillExecutionError as err:
+            failed = executed.with_name(f"{executed.stem}.failed.ipynb")
+            os.replace(partial, failed)
+            raise DstError(f"{notebook} failed in cell {err.exec_count}: {err.ename}: "
+                           f"{err.evalue} (the executed notebook with the traceback: {failed})"
+                           ) from err
+        exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                                exclude_output_prompt=True)
+        body, _ = exporter.from_notebook_node(nbformat.read(partial, as_version=4))
+        write_text(html, body)
+        os.replace(partial, executed)
+    finally:
+        partial.unlink(missing_ok=True)

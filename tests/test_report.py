@@ -153,7 +153,7 @@ def test_failing_notebook_fails_and_leaves_no_html(tmp_path):
     html.write_text("stale")
     with pytest.raises(DstError, match="ValueError: broken 2"):
         render(path, tmp_path / "executed.ipynb", html, {"x": 2})
-    assert not html.exists()
-    executed = json.loads((tmp_path / "executed.ipynb").read_text())
+    assert not html.exists() and not (tmp_path / "executed.ipynb").exists()
+    executed = json.loads((tmp_path / "executed.failed.ipynb").read_text())
     assert any(o.get("ename") == "ValueError" for c in executed["cells"]
                for o in c.get("outputs", []))

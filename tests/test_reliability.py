@@ -1,0 +1,141 @@
+"""Interruptions, parallel runs and corrupt inputs: nothing lost, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from dstcore.checkpoint import read_model
+from dstcore.cli import main
+from tests.conftest import ROOT, smoke_config, snakemake
+from tests.fakes import write_idx
+
+
+def test_prepare_with_corrupt_data_leaves_no_manifest(tmp_path, data_root, no_data_env):
+    import shutil
+
+    import numpy as np
+
+    shutil.copytree(data_root / "mnist", tmp_path / "mnist")
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").unlink()
+    write_idx(tmp_path / "mnist" / "train-labels-idx1-ubyte", np.zeros(60000, np.uint8))
+    out = tmp_path / "prepared" / "mnist.json"
+    assert main(["prepare", "--dataset", "mnist", "--data-root", str(tmp_path),
+                 "--cache-dir", str(tmp_path / "cache"), "--no-download", "--out",
+                 str(out)]) == 2
+    assert not out.exists() and not out.parent.exists()
+
+
+def baseline_only_config(results) -> dict:
+    """One LeNet5/MNIST baseline whose epochs last a couple of seconds each."""
+    config = smoke_config(results)
+    exp = config["experiments"][0]
+    for key in ("finetune", "regularizers", "dual"):
+        exp.pop(key)
+    exp["data"] = {"train_subset": 12000, "test_subset": 500}
+    exp["baseline"] = {"epochs": 3, "batch_size": 32, "lr": 0.05}
+    config["experiments"] = [exp]
+    return config
+
+
+def test_sigkill_mid_epoch_then_rerun_resumes_bit_identical(tmp_path, data_root):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    cfgs = {}
+    for name, results in (("killed", killed), ("clean", clean)):
+        cfgs[name] = tmp_path / f"{name}.yaml"
+        cfgs[name].write_text(yaml.safe_dump(baseline_only_config(results)))
+    run_dir = killed / "lenet5_mnist/baseline/seed0"
+    target = str(run_dir / "model.pt")
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", target, "--cores", "1",
+                             "--configfile", str(cfgs["killed"])], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        log = run_dir / "log.jsonl"
+        while time.time() < deadline and not (log.exists() and log.read_text().strip()):
+            assert proc.poll() is None, "snakemake ended before the first epoch"
+            time.sleep(0.05)
+        time.sleep(0.5)  # well into the second epoch
+        assert proc.poll() is None, "training finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert (run_dir / "checkpoint.pt").exists() and not (run_dir / "model.pt").exists()
+
+    assert snakemake("--unlock", "--configfile", str(cfgs["killed"])).returncode == 0
+    rerun = snakemake(target, "--cores", "1", "--configfile", str(cfgs["killed"]))
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    job_log = (killed / "logs/lenet5_mnist/baseline/seed0.log").read_text()
+    assert "resuming after epoch 1" in job_log or "resuming after epoch 2" in job_log
+
+    ok = snakemake(str(clean / "lenet5_mnist/baseline/seed0/model.pt"), "--cores", "1",
+                   "--configfile", str(cfgs["clean"]))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    a = read_model(run_dir / "model.pt")["state_dict"]
+    b = read_model(clean / "lenet5_mnist/baseline/seed0/model.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_parallel_run_equals_serial_run(smoke, tmp_path):
+    results, _ = smoke
+    serial = tmp_path / "serial"
+    cfg = tmp_path / "serial.yaml"
+    cfg.write_text(yaml.safe_dump(smoke_config(serial)))
+    proc = snakemake(str(serial / "tables/runs.csv"), "--cores", "1", "--configfile", str(cfg))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    timing = ["wall_seconds", "train_seconds_per_epoch", "eval_seconds"]
+    a = pd.read_csv(results / "tables/runs.csv").drop(columns=timing)
+    b = pd.read_csv(serial / "tables/runs.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(a, b)
+    for run_dir in a.run_dir:
+        x = read_model(results / run_dir / "model.pt")["state_dict"]
+        y = read_model(serial / run_dir / "model.pt")["state_dict"]
+        assert all(torch.equal(x[k], y[k]) for k in x), run_dir
+
+
+def test_threads_per_job_are_honoured(smoke):
+    results, cfg = smoke
+    threads = yaml.safe_load(cfg.read_text())["threads_per_job"]
+    for path in results.rglob("metrics.json"):
+        prov = json.loads(path.read_text())["provenance"]
+        assert prov["torch_threads"] == threads, path
+        assert prov["evaluated_with"]["torch_threads"] == threads, path
+
+
+def test_prepare_runs_once_per_dataset():
+    from tests.conftest import job_counts
+
+    proc = snakemake("all", "-n", "--configfile", "config/smoke.yaml", "--config",
+                     "results_dir=results/dry-run-only")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert job_counts(proc.stdout)["prepare_data"] == 2  # mnist and fashion-mnist
+
+
+@pytest.mark.parametrize("writer", ["json", "csv"])
+def test_atomic_writes_leave_nothing_when_interrupted(tmp_path, writer):
+    from dstcore.io import write_json, write_with
+
+    target = tmp_path / f"out.{writer}"
+
+    def explode(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_with(target, explode)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    write_json(tmp_path / "ok.json", {"a": float("nan")})
+    assert json.loads((tmp_path / "ok.json").read_text()) == {"a": None}

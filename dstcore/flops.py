@@ -31,23 +31,39 @@ def dense_macs(module: nn.Module, x: Tensor, y: Tensor) -> int:
 
 
 @torch.no_grad()
+def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1
+                ) -> tuple[int, int]:
+    """(dense, effective) multiplications of conv2d(x [N,C,H,W], weight) for the whole batch.
+
+    Effective: products whose input and weight are both non-zero; zero padding adds none.
+    """
+    xm = (x != 0).float()
+    counts = F.conv2d(xm, (weight != 0).float(), None, stride, padding, dilation, groups)
+    dense = counts.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
+    # Each output is an integer < 2^24; rounding undoes any Winograd/FFT error.
+    return int(dense), int(torch.round(counts).sum(dtype=torch.float64).item())
+
+
+@torch.no_grad()
+def linear_macs(x: Tensor, weight: Tensor) -> tuple[int, int]:
+    """(dense, effective) multiplications of x [..., in] @ weight[out, in].T for the batch."""
+    rows = x.reshape(-1, weight.shape[1])
+    nz_inputs = (rows != 0).sum(0, dtype=torch.int64)
+    nz_weights = (weight != 0).sum(0, dtype=torch.int64)
+    return rows.shape[0] * weight.numel(), int((nz_inputs * nz_weights).sum().item())
+
+
+@torch.no_grad()
 def effective_macs(module: nn.Module, x: Tensor) -> int:
     """Products with a non-zero weight AND a non-zero input, summed over the batch ``x``."""
-    weight = module.weight
     if isinstance(module, nn.Conv2d):
-        xm = (x != 0).to(weight.dtype if weight.is_floating_point() else torch.float32)
-        wm = (weight != 0).to(xm.dtype)
         padding = module.padding
         if module.padding_mode != "zeros":  # padded values are copies of inputs, not zeros
-            xm = F.pad(xm, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+            x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
             padding = 0
-        counts = F.conv2d(xm.float(), wm.float(), None, module.stride, padding, module.dilation,
-                          module.groups)
-        # Each output is an integer < 2^24; rounding undoes any Winograd/FFT error.
-        return int(torch.round(counts).sum(dtype=torch.float64).item())
-    nz_inputs = (x != 0).reshape(-1, module.in_features).sum(0, dtype=torch.int64)
-    nz_weights = (weight != 0).sum(0, dtype=torch.int64)
-    return int((nz_inputs * nz_weights).sum().item())
+        return conv2d_macs(x, module.weight, module.stride, padding, module.dilation,
+                           module.groups)[1]
+    return linear_macs(x, module.weight)[1]
 
 
 class MacCounter:

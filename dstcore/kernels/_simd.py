@@ -1,0 +1,368 @@
+"""Explicit SIMD for Numba kernels (LLVM vector IR through ``numba.extending.intrinsic``).
+
+Relying on LLVM's auto-vectoriser for accumulator blocks kept in registers turned out to be
+fragile (signed-index wraparound checks became gathers, conditional updates kept stores in the
+hot loop, non power-of-two widths were scalarised). These intrinsics make the vector code
+explicit but stay target independent: ``F32Vec(n)`` is ``n`` float32 lanes held as an LLVM
+array of ``<16 x float>`` (one zmm register with AVX-512, two ymm with AVX2), and the
+operations use generic LLVM intrinsics (``llvm.fmuladd``, ``llvm.masked.store``), so the same
+source compiles for any x86-64 or ARM host.
+
+Compile-time sizes (kernel taps, output-channel block) travel in the *type* of a
+:class:`KSpec` argument so that one cached Numba function serves every layer shape:
+``KSpec(taps, block)`` has Numba type ``KSpecType(taps, block)``.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import (
+    NativeValue,
+    intrinsic,
+    models,
+    register_model,
+    unbox,
+)
+
+LANES = 16
+_V16 = ir.VectorType(ir.FloatType(), LANES)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+class F32Vec(types.Type):
+    """``n`` float32 lanes (``n`` a multiple of 16) living in vector registers."""
+
+    def __init__(self, n: int) -> None:
+        if n % LANES:
+            raise ValueError(f"F32Vec width must be a multiple of {LANES}, got {n}")
+        self.n = n
+        super().__init__(name=f"F32Vec({n})")
+
+
+@register_model(F32Vec)
+class _F32VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.ArrayType(_V16, fe_type.n // LANES))
+
+
+class KSpecType(types.Type):
+    """Numba type carrying two compile-time ints: kernel taps and output-channel block."""
+
+    def __init__(self, taps: int, block: int) -> None:
+        self.taps = taps
+        self.block = block
+        super().__init__(name=f"KSpec({taps},{block})")
+
+
+class KSpec:
+    """Compile-time constants for a kernel: ``taps`` (kernel width S) and ``block`` lanes."""
+
+    __slots__ = ("taps", "block", "_numba_type_")
+
+    def __init__(self, taps: int, block: int) -> None:
+        if block % LANES or block <= 0 or taps <= 0:
+            raise ValueError(f"bad KSpec({taps}, {block})")
+        self.taps = int(taps)
+        self.block = int(block)
+        self._numba_type_ = KSpecType(self.taps, self.block)  # fast typeof in the dispatcher
+
+    def __repr__(self) -> str:
+        return f"KSpec(taps={self.taps}, block={self.block})"
+
+
+register_model(KSpecType)(models.OpaqueModel)
+
+
+@unbox(KSpecType)
+def _unbox_kspec(typ, obj, c):
+    return NativeValue(c.context.get_dummy_value())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _ptr(context, builder, arrty, arr, off):
+    ary = context.make_array(arrty)(context, builder, arr)
+    return builder.gep(ary.data, [off])
+
+
+def _load16(builder, p, i):
+    q = builder.gep(p, [ir.Constant(_I64, LANES * i)])
+    return builder.load(builder.bitcast(q, _V16.as_pointer()), align=4)
+
+
+def _store16(builder, v, p, i):
+    q = builder.gep(p, [ir.Constant(_I64, LANES * i)])
+    builder.store(v, builder.bitcast(q, _V16.as_pointer()), align=4)
+
+
+def _splat(builder, s):
+    v = builder.insert_element(ir.Constant(_V16, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_V16, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _fmuladd(builder):
+    return cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fmuladd.v16f32")
+
+
+def _lane_mask(builder, count, first_lane):
+    """<16 x i1>: lane l is on iff first_lane + l < count."""
+    i32v = ir.VectorType(_I32, LANES)
+    cnt = builder.trunc(count, _I32)
+    splat = builder.shuffle_vector(
+        builder.insert_element(ir.Constant(i32v, ir.Undefined), cnt, ir.Constant(_I32, 0)),
+        ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * LANES))
+    lanes = ir.Constant(i32v, list(range(first_lane, first_lane + LANES)))
+    return builder.icmp_signed("<", lanes, splat)
+
+
+def _masked_store16(builder, v, p, i, mask):
+    fnty = ir.FunctionType(ir.VoidType(), [_V16, _V16.as_pointer(), _I32,
+                                           ir.VectorType(ir.IntType(1), LANES)])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
+    q = builder.bitcast(builder.gep(p, [ir.Constant(_I64, LANES * i)]), _V16.as_pointer())
+    builder.call(fn, [v, q, ir.Constant(_I32, 4), mask])
+
+
+def _vec_const_zero(n):
+    return ir.Constant(ir.ArrayType(_V16, n // LANES), None)
+
+
+def _is_f32_array(a):
+    return isinstance(a, types.Array) and a.dtype == types.float32
+
+
+# ----------------------------------------------------------------------------- spec queries
+
+
+@intrinsic
+def spec_taps(typingctx, spec):
+    """Compile-time kernel taps S of a KSpec, as an intp."""
+    if not isinstance(spec, KSpecType):
+        return None
+    taps = spec.taps
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_I64, taps)
+    return types.intp(spec), codegen
+
+
+@intrinsic
+def spec_block(typingctx, spec):
+    """Compile-time output-channel block (lanes) of a KSpec, as an intp."""
+    if not isinstance(spec, KSpecType):
+        return None
+    block = spec.block
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_I64, block)
+    return types.intp(spec), codegen
+
+
+@intrinsic
+def stack_buffer(typingctx, spec):
+    """Pointer to an uninitialised, 64-byte aligned float32 stack buffer of taps*block."""
+    if not isinstance(spec, KSpecType):
+        return None
+    n = spec.taps * spec.block
+
+    def codegen(context, builder, sig, args):
+        p = cgutils.alloca_once(builder, ir.FloatType(), size=ir.Constant(_I64, n))
+        p.align = 64
+        return p
+    return types.CPointer(types.float32)(spec), codegen
+
+
+# ----------------------------------------------------------------------------- vectors
+
+
+@intrinsic
+def vzeros_taps(typingctx, spec):
+    """Zero vector of taps*block lanes."""
+    if not isinstance(spec, KSpecType):
+        return None
+    vt = F32Vec(spec.taps * spec.block)
+
+    def codegen(context, builder, sig, args):
+        return _vec_const_zero(vt.n)
+    return vt(spec), codegen
+
+
+@intrinsic
+def vload_block(typingctx, spec, arr, off):
+    """arr[off:off+block] as a vector (unaligned load)."""
+    if not isinstance(spec, KSpecType) or not _is_f32_array(arr):
+        return None
+    vt = F32Vec(spec.block)
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[1], args[1], args[2])
+        out = _vec_const_zero(vt.n)
+        for i in range(vt.n // LANES):
+            out = builder.insert_value(out, _load16(builder, p, i), i)
+        return out
+    return vt(spec, arr, types.intp), codegen
+
+
+@intrinsic
+def vsplat_block(typingctx, spec, s):
+    """``block`` copies of the scalar s."""
+    if not isinstance(spec, KSpecType):
+        return None
+    vt = F32Vec(spec.block)
+
+    def codegen(context, builder, sig, args):
+        sv = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32))
+        out = _vec_const_zero(vt.n)
+        for i in range(vt.n // LANES):
+            out = builder.insert_value(out, sv, i)
+        return out
+    return vt(spec, types.float32), codegen
+
+
+@intrinsic
+def vload_like(typingctx, like, arr, off):
+    """arr[off:off+n] with n the width of ``like``."""
+    if not isinstance(like, F32Vec) or not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        n = sig.args[0].n
+        p = _ptr(context, builder, sig.args[1], args[1], args[2])
+        out = _vec_const_zero(n)
+        for i in range(n // LANES):
+            out = builder.insert_value(out, _load16(builder, p, i), i)
+        return out
+    return like(like, arr, types.intp), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, off, vec):
+    """arr[off:off+n] = vec."""
+    if not isinstance(vec, F32Vec) or not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        for i in range(sig.args[2].n // LANES):
+            _store16(builder, builder.extract_value(args[2], i), p, i)
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, vec), codegen
+
+
+@intrinsic
+def vstoren(typingctx, arr, off, vec, count):
+    """arr[off:off+count] = vec[:count] (masked store; lanes >= count untouched)."""
+    if not isinstance(vec, F32Vec) or not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        for i in range(sig.args[2].n // LANES):
+            _masked_store16(builder, builder.extract_value(args[2], i), p, i,
+                            _lane_mask(builder, args[3], LANES * i))
+        return context.get_dummy_value()
+    return types.none(arr, types.intp, vec, types.intp), codegen
+
+
+@intrinsic
+def vfma(typingctx, acc, s, arr, off):
+    """acc + s * arr[off:off+n] (fused where the target has FMA)."""
+    if not isinstance(acc, F32Vec) or not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[2], args[2], args[3])
+        sv = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32))
+        fn = _fmuladd(builder)
+        out = args[0]
+        for i in range(sig.args[0].n // LANES):
+            r = builder.call(fn, [sv, _load16(builder, p, i), builder.extract_value(out, i)])
+            out = builder.insert_value(out, r, i)
+        return out
+    return acc(acc, types.float32, arr, types.intp), codegen
+
+
+@intrinsic
+def vadd(typingctx, a, b):
+    """Lane-wise a + b."""
+    if not isinstance(a, F32Vec) or a != b:
+        return None
+
+    def codegen(context, builder, sig, args):
+        out = args[0]
+        for i in range(sig.args[0].n // LANES):
+            s = builder.fadd(builder.extract_value(args[0], i), builder.extract_value(args[1], i))
+            out = builder.insert_value(out, s, i)
+        return out
+    return a(a, b), codegen
+
+
+@intrinsic
+def vaddto_taps(typingctx, spec, arr, off, step, acc):
+    """For s < taps: arr[off + s*step : +block] += acc[s*block : (s+1)*block]."""
+    if not isinstance(spec, KSpecType) or not isinstance(acc, F32Vec) or not _is_f32_array(arr):
+        return None
+    if acc.n != spec.taps * spec.block:
+        return None
+    taps, nb = spec.taps, spec.block // LANES
+
+    def codegen(context, builder, sig, args):
+        base = _ptr(context, builder, sig.args[1], args[1], args[2])
+        for s in range(taps):
+            p = builder.gep(base, [builder.mul(args[3], ir.Constant(_I64, s))])
+            for i in range(nb):
+                v = builder.fadd(_load16(builder, p, i), builder.extract_value(args[4], s * nb + i))
+                _store16(builder, v, p, i)
+        return context.get_dummy_value()
+    return types.none(spec, arr, types.intp, types.intp, acc), codegen
+
+
+@intrinsic
+def vfma16_mem(typingctx, dst, doff, s, src, soff):
+    """dst[doff:doff+16] += s * src[soff:soff+16] (both in memory)."""
+    if not _is_f32_array(dst) or not _is_f32_array(src):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pd = _ptr(context, builder, sig.args[0], args[0], args[1])
+        ps = _ptr(context, builder, sig.args[3], args[3], args[4])
+        sv = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32))
+        r = builder.call(_fmuladd(builder), [sv, _load16(builder, ps, 0), _load16(builder, pd, 0)])
+        _store16(builder, r, pd, 0)
+        return context.get_dummy_value()
+    return types.none(dst, types.intp, types.float32, src, types.intp), codegen
+
+
+@intrinsic
+def nzmask16(typingctx, arr, off):
+    """Bit l of the result is set iff arr[off + l] != 0 (NaN counts as non-zero), l < 16."""
+    if not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        vec = _load16(builder, p, 0)
+        cmp = builder.fcmp_unordered("!=", vec, ir.Constant(_V16, None))
+        return builder.zext(builder.bitcast(cmp, ir.IntType(LANES)), _I64)
+    return types.uint64(arr, types.intp), codegen
+
+
+@intrinsic
+def nzmask64(typingctx, arr, off):
+    """Bit l of the result is set iff arr[off + l] != 0 (NaN counts as non-zero), l < 64."""
+    if not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        v64 = ir.VectorType(ir.FloatType(), 64)
+        vec = builder.load(builder.bitcast(p, v64.as_pointer()), align=4)
+        cmp = builder.fcmp_unordered("!=", vec, ir.Constant(v64, None))
+        return builder.bitcast(cmp, _I64)
+    return types.uint64(arr, types.intp), codegen

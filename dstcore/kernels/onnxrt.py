@@ -1,0 +1,65 @@
+"""Peer engine: export a model (or one layer) to ONNX and run it in ONNX Runtime (dense, CPU).
+
+The export uses the TorchScript-based exporter (``dynamo=False``; works offline, no
+onnxscript translation step) with a dynamic batch axis. Sessions use
+``intra_op_num_threads`` = the thread count being measured and one inter-op thread, so ORT
+runs with the same number of threads as the torch / Numba kernels it is compared with.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import Tensor, nn
+
+
+def export_onnx(model: nn.Module, example: Tensor, path: str | Path | None = None,
+                opset: int = 17) -> bytes:
+    """ONNX bytes of ``model`` traced on ``example`` (batch axis dynamic); also saved to path."""
+    model = model.eval()
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+class OrtRunner:
+    """Callable ONNX Runtime session: ``runner(x: Tensor) -> Tensor`` (CPU, float32)."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, model: nn.Module | bytes, example: Tensor | None = None,
+                 threads: int = 1, opset: int = 17, spinning: bool = True) -> None:
+        if isinstance(model, nn.Module):
+            if example is None:
+                raise ValueError("exporting a module needs an example input")
+            model = export_onnx(model, example, opset=opset)
+        self.onnx_bytes = model
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = int(threads)
+        self.session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        self._in = self.session.get_inputs()[0].name
+
+    def run_numpy(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self._in: x})[0]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        xn = x.detach().cpu().contiguous().numpy()
+        return torch.from_numpy(self.run_numpy(xn))

@@ -1,0 +1,150 @@
+"""Latency helpers, synthetic sweep (quick) and per-model measurement produce sound files."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numba
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dstcore import latency as L
+
+
+def test_time_callable_and_interleaved():
+    st = L.time_callable(lambda: time.sleep(0.001), warmup=1, repeats=5)
+    assert {"median_ms", "p10_ms", "p90_ms", "mean_ms", "std_ms", "min_ms", "n"} <= set(st)
+    assert st["n"] == 5 and 0.9 <= st["median_ms"] < 50
+    assert st["p10_ms"] <= st["median_ms"] <= st["p90_ms"]
+    res = L.time_interleaved({"a": lambda: time.sleep(0.002), "b": lambda: time.sleep(0.0005)},
+                             warmup=1, repeats=6, rounds=3, reference="a")
+    assert res["a"]["speedup"] == 1.0 and res["b"]["speedup"] > 1.5
+    assert res["a"]["n"] == 6
+
+
+def test_threads_context_restores():
+    numba.get_num_threads()  # launch Numba's pool first (it may reset OpenMP's thread count)
+    before = (torch.get_num_threads(), numba.get_num_threads())
+    with L.threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    with L.threads(None) as n:
+        assert n == L.max_threads() == numba.get_num_threads()
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
+
+
+@pytest.mark.parametrize("sp", [0.0, 0.37, 0.9, 1.0])
+def test_sparse_activation_and_pruning_are_exact(sp):
+    gen = torch.Generator().manual_seed(0)
+    x = L.sparse_activation((2, 3, 7, 5), sp, gen)
+    assert int((x == 0).sum()) == round(sp * x.numel())
+    assert (x >= 0).all() and (x <= 1).all()
+    w = torch.randn(8, 3, 3, 3, generator=gen)
+    wp = L.prune_magnitude(w, sp)
+    k = round(sp * w.numel())
+    assert int((wp == 0).sum()) == k
+    if 0 < k < w.numel():  # the survivors are the largest magnitudes
+        assert wp[wp != 0].abs().min() >= w.abs().flatten().sort().values[k - 1]
+
+
+def test_mac_counts_match_brute_force():
+    gen = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+    with torch.no_grad():
+        conv.weight.copy_(L.prune_magnitude(conv.weight, 0.5))
+    x = L.sparse_activation((2, 4, 5, 6), 0.6, gen)
+    dense, eff = L._macs(conv, x, conv.weight.detach())
+    # brute force over im2col columns, per group
+    cols = F.unfold(x, 3, padding=1, stride=2)  # [N, C*9, L]
+    wg = conv.weight.detach().view(2, 3, 2 * 9)
+    brute = 0
+    for g in range(2):
+        xc = cols[:, g * 18:(g + 1) * 18, :] != 0  # [N, 18, L]
+        wc = wg[g] != 0  # [3, 18]
+        brute += int((wc[None, :, :, None] & xc[:, None]).sum())
+    assert dense == 2 * 6 * cols.shape[-1] * 2 * 9 and eff == brute
+    lin = nn.Linear(10, 4)
+    xl = L.sparse_activation((3, 10), 0.5, gen)
+    d, e = L._macs(lin, xl, lin.weight.detach())
+    assert d == 3 * 10 * 4
+    assert e == int(((xl != 0).float() @ (lin.weight != 0).float().t()).sum())
+
+
+def test_crossover_interpolation():
+    df = pd.DataFrame({
+        "layer": "l", "batch": 1, "threads": 1, "weight_sparsity": 0.0,
+        "kernel": ["act_sparse"] * 3 + ["dual_sparse"] * 3,
+        "act_sparsity": [0.0, 0.5, 0.9] * 2,
+        "speedup": [0.5, 0.75, 2.75, 0.2, 0.3, 0.4]})
+    cross = L.crossover_table(df)
+    act = cross[(cross.kernel == "act_sparse") & (cross.axis == "act")].iloc[0]
+    assert act.status == "crosses" and act.crossover_sparsity == pytest.approx(0.55)
+    dual = cross[(cross.kernel == "dual_sparse") & (cross.axis == "act")].iloc[0]
+    assert dual.status == "never" and np.isnan(dual.crossover_sparsity)
+
+
+def test_quick_synthetic_sweep_writes_wellformed_csv(tmp_path):
+    t0 = time.perf_counter()
+    out = L.run_synthetic_sweep(tmp_path, quick=True)
+    df = pd.read_csv(tmp_path / "latency_synthetic.csv")
+    cross = pd.read_csv(tmp_path / "crossover_synthetic.csv")
+    meta = json.loads((tmp_path / "latency_synthetic.meta.json").read_text())
+    assert time.perf_counter() - t0 < 60  # a few seconds once compiled
+    assert len(df) == len(out["latency"]) > 0
+    for col in ("layer", "kernel", "batch", "threads", "act_sparsity", "weight_sparsity",
+                "median_ms", "p10_ms", "p90_ms", "compute_median_ms", "dense_median_ms",
+                "speedup", "ideal_speedup", "dense_macs", "effective_macs", "device"):
+        assert col in df.columns, col
+    assert set(df.kernel) == {"dense", *L.SPARSE_KINDS}
+    assert (df.median_ms > 0).all() and df.speedup.notna().all()
+    assert (df.p10_ms <= df.p90_ms).all() and (df.effective_macs <= df.dense_macs).all()
+    act = df[df.kernel == "act_sparse"]
+    assert act.compute_median_ms.notna().all()
+    assert (df[df.kernel == "dense"].speedup == 1.0).all()
+    assert {"axis", "crossover_sparsity", "status"} <= set(cross.columns)
+    assert set(cross.status) <= {"crosses", "always", "never"}
+    for key in ("cpu_model", "torch", "numba", "onnxruntime", "numpy", "thread_counts"):
+        assert key in meta
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+class SmallNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_measure_model_latency(tmp_path):
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    with torch.no_grad():
+        model.conv2.weight.copy_(L.prune_magnitude(model.conv2.weight, 0.8))
+    inputs = torch.rand(3, 1, 16, 16)
+    csv = tmp_path / "sub" / "model_latency.csv"
+    df = L.measure_model_latency(model, inputs, csv, batch_sizes=(1, 4), thread_counts=(1,),
+                                 warmup=1, repeats=2, rounds=1, model_name="small")
+    assert csv.exists() and L.meta_path(csv).exists()
+    back = pd.read_csv(csv)
+    assert len(back) == len(df)
+    kernels = {"dense", "onnxruntime", *L.SPARSE_KINDS}
+    model_rows = back[back.scope == "model"]
+    assert set(model_rows.kernel) == kernels and set(model_rows.batch) == {1, 4}
+    layer_rows = back[back.scope == "layer"]
+    assert set(layer_rows.layer) == {"conv1", "conv2", "fc"}
+    assert set(layer_rows.kernel) == kernels
+    assert (back.max_abs_err < 1e-4).all()
+    assert (back.median_ms > 0).all() and back.speedup.notna().all()
+    c2 = layer_rows[(layer_rows.layer == "conv2") & (layer_rows.kernel == "dense")].iloc[0]
+    assert c2.weight_sparsity == pytest.approx(0.8, abs=0.01) and c2.ideal_speedup > 1
+    assert layer_rows[layer_rows.kernel == "act_sparse"].compute_median_ms.notna().all()

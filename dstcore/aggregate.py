@@ -108,6 +108,60 @@ def collect(metrics_files: list[Path], results_dir: Path) -> tuple[pd.DataFrame,
     return run_table.reset_index(drop=True), pd.DataFrame(layers, columns=LAYER_COLUMNS)
 
 
+GROUP = ["experiment", "kind", "method", "lam", "beta", "prune_rate"]
+
+
+def seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of every completed configuration (accuracy and sparsity in %)."""
+    ok = runs[runs.status == "completed"].copy()
+    ok["top1_pct"] = 100 * ok.top1
+    ok["sparsity_pct"] = 100 * ok.activation_sparsity
+    ok["weight_sparsity_pct"] = 100 * ok.weight_sparsity
+    keys = [k for k in GROUP if k in ok]
+    grouped = ok.groupby(keys, dropna=False)
+    out = grouped.agg(seeds=("seed", "nunique"), top1_mean=("top1_pct", "mean"),
+                      top1_std=("top1_pct", "std"), sparsity_mean=("sparsity_pct", "mean"),
+                      sparsity_std=("sparsity_pct", "std"),
+                      weight_sparsity_mean=("weight_sparsity_pct", "mean"),
+                      dense_macs=("dense_macs", "mean"), effective_macs=("effective_macs", "mean"),
+                      mac_reduction_pct=("mac_reduction_pct", "mean")).reset_index()
+    return out
+
+
+def best_within_tolerance(candidates: pd.DataFrame, reference_top1: float,
+                          tolerance_pp: float) -> pd.Series | None:
+    """The row with the highest mean sparsity whose mean top-1 is >= reference - tolerance."""
+    ok = candidates[candidates.top1_mean >= reference_top1 - tolerance_pp - 1e-9]
+    if ok.empty:
+        return None
+    return ok.sort_values(["sparsity_mean", "top1_mean"], ascending=False).iloc[0]
+
+
+def select_latency_runs(runs: pd.DataFrame, experiment: str, seed: int,
+                        tolerance_pp: float) -> dict[str, str]:
+    """Run directories to time for one experiment and seed: the dense baseline, the TL1 run
+    with the highest activation sparsity and the dual sparse run with the largest reduction
+    of multiplications, both with top-1 within ``tolerance_pp`` of that seed's baseline (or
+    the closest to it when none is)."""
+    rows = runs[(runs.experiment == experiment) & (runs.seed == seed)
+                & (runs.status == "completed")]
+    base = rows[rows.kind == "baseline"]
+    if base.empty:
+        raise DstError(f"no completed baseline for {experiment} seed {seed} in the runs table")
+    floor = base.top1.iloc[0] - tolerance_pp / 100
+    chosen = {"baseline": base.run_dir.iloc[0]}
+    for role, kind, method, score in (("best_tl1", "actreg", "tl1", "activation_sparsity"),
+                                      ("best_dual", "dual", "tl1", "mac_reduction_pct")):
+        cand = rows[(rows.kind == kind) & (rows.method == method)]
+        if cand.empty:
+            continue
+        ok = cand[cand.top1 >= floor - 1e-12]
+        pick = ok.sort_values(score).iloc[-1] if not ok.empty else \
+            cand.sort_values("top1").iloc[-1]
+        chosen[role] = pick.run_dir
+    return chosen
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Write ``table`` to ``path`` atomically."""
     write_with(path, lambda tmp: table.to_csv(tmp, index=False))

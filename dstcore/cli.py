@@ -98,6 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="notebook parameter (value parsed as YAML)")
 
+    p = sub.add_parser("latency", help="time the sparse kernels (a benchmark, not a test)")
+    lat = p.add_subparsers(dest="what", required=True)
+    q = lat.add_parser("sweep", help="synthetic layers x activation/weight sparsity grid")
+    q.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
+    q.add_argument("--quick", action="store_true", help="a tiny grid (seconds)")
+    q = lat.add_parser("models", help="baseline, best TL1 and best dual model of an experiment")
+    q.add_argument("--runs", type=Path, required=True, help="runs.csv from dst aggregate")
+    q.add_argument("--results", type=Path, required=True, help="results folder (run paths)")
+    q.add_argument("--experiment", required=True)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, required=True, help="CSV to write")
+    q.add_argument("--tolerance-pp", type=float, default=0.5)
+    q.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    q.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                   help="thread counts to time; 0 = all cores")
+    q.add_argument("--warmup", type=int, default=3)
+    q.add_argument("--repeats", type=int, default=20)
+    q.add_argument("--max-images", type=int, default=64)
+
     p = sub.add_parser("aggregate", help="collect metrics.json files into tidy CSV tables")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
     p.add_argument("--results", type=Path, required=True, help="results folder (for run paths)")
@@ -201,6 +220,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latency(args: argparse.Namespace) -> int:
+    from dstcore import latency
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    if args.what == "sweep":
+        out = latency.run_synthetic_sweep(args.out, quick=args.quick, log=say)
+        print(out["crossover"].to_string(index=False))
+        return 0
+    if min(args.threads) < 0 or min(args.batch_sizes) < 1 or args.repeats < 1:
+        raise DstError("--threads must be >= 0, --batch-sizes >= 1 and --repeats >= 1")
+    threads = [t or None for t in args.threads]
+    table = latency.measure_experiment(
+        args.runs, args.results, args.experiment, args.seed, args.out,
+        tolerance_pp=args.tolerance_pp, batch_sizes=args.batch_sizes, thread_counts=threads,
+        warmup=args.warmup, repeats=args.repeats, max_images=args.max_images, log=say)
+    model = table[(table.scope == "model") & (table.batch == min(args.batch_sizes))]
+    print(model[["role", "kernel", "threads", "median_ms", "speedup", "ideal_speedup"]]
+          .to_string(index=False))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -219,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             render(args.notebook, args.out, args.html, params)
             print(f"{args.notebook} -> {args.html}")
             return 0
+        if args.command == "latency":
+            return cmd_latency(args)
         if args.command == "aggregate":
             from dstcore.aggregate import write_tables
 

@@ -592,3 +592,56 @@ def _model_row(model_name: str, scope: str, layer: str, ltype: str, kernel: str,
             "dense_macs": dense_macs, "effective_macs": eff_macs, "act_sparsity": asp,
             "weight_sparsity": wsp, "max_abs_err": err, "input_shape": "x".join(map(str, shape)),
             "n_samples": st["n"]}
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment: str,
+                       seed: int, out_csv: str | Path, *, tolerance_pp: float = 0.5,
+                       batch_sizes: Sequence[int] = (1, 16),
+                       thread_counts: Sequence[int | None] = (1, None), warmup: int = 3,
+                       repeats: int = 20, max_images: int = 64,
+                       log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Time the baseline, best TL1 and best dual sparse model of one experiment and seed.
+
+    Models are chosen from the aggregated runs table by
+    :func:`dstcore.aggregate.select_latency_runs`; inputs are the first ``max_images`` test
+    images (so the activation sparsity is the model's own). Writes one tidy CSV with the
+    columns of :func:`measure_model_latency` plus experiment, seed, role and run_dir, and a
+    ``.meta.json`` sidecar with the machine, threads and library versions.
+    """
+    import tempfile as _tempfile
+
+    from dstcore.aggregate import select_latency_runs
+    from dstcore.checkpoint import load_model
+    from dstcore.data import load_dataset, make_loader
+
+    runs = pd.read_csv(runs_csv)
+    chosen = select_latency_runs(runs, experiment, seed, tolerance_pp)
+    frames = []
+    inputs = None
+    with _tempfile.TemporaryDirectory() as tmp:
+        for role, run_dir in chosen.items():
+            model, meta = load_model(Path(results_dir) / run_dir / "model.pt")
+            if inputs is None:
+                d = meta["config"]["data"]
+                bundle = load_dataset(d["dataset"], d["data_root"], d["cache_dir"], False,
+                                      d["verify"], 1, d["test_subset"], d["subset_seed"])
+                inputs = next(iter(make_loader(bundle.test, max_images, shuffle=False)))[0]
+            if log:
+                log(f"{experiment} seed {seed}: timing {role} ({run_dir})")
+            df = measure_model_latency(model, inputs, Path(tmp) / f"{role}.csv",
+                                       batch_sizes=batch_sizes, thread_counts=thread_counts,
+                                       warmup=warmup, repeats=repeats, model_name=role,
+                                       log=log)
+            frames.append(df.assign(experiment=experiment, seed=seed, role=role,
+                                    run_dir=run_dir))
+    table = pd.concat(frames, ignore_index=True)
+    write_csv_atomic(table, out_csv)
+    write_json_atomic(environment_info() | {
+        "kind": "experiment_latency", "experiment": experiment, "seed": seed,
+        "runs": chosen, "tolerance_pp": tolerance_pp, "batch_sizes": list(batch_sizes),
+        "thread_counts": [max_threads() if t is None else t for t in thread_counts],
+        "warmup": warmup, "repeats": repeats, "max_images": max_images}, meta_path(out_csv))
+    return table

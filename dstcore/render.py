@@ -45,7 +45,7 @@ def render(notebook: Path, executed: Path, html: Path, parameters: dict) -> None
     executed.unlink(missing_ok=True)
     kernel = ensure_kernel()
     executed.parent.mkdir(parents=True, exist_ok=True)
-    partial = executed.with_name(f".{executed.name}.partial")  # papermill saves as it goes
+    partial = executed.with_name(f".{executed.stem}.partial.ipynb")  # papermill saves as it goes
     try:
         try:
             papermill.execute_notebook(str(notebook), str(partial), parameters=parameters,

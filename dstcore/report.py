@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from dstcore.aggregate import best_within_tolerance, seed_summary  # noqa: E402
 from dstcore.io import write_with  # noqa: E402
 
 METHODS = ("l1", "hoyer", "tl1")
@@ -28,7 +29,6 @@ _palette = sns.color_palette("colorblind", 8)
 METHOD_COLORS = {"baseline": "#555555", "control": "#000000", "l1": _palette[0],
                  "hoyer": _palette[1], "tl1": _palette[2], "dual": _palette[4],
                  "dual_control": _palette[7], "pruned": _palette[5]}
-GROUP = ["experiment", "kind", "method", "lam", "beta", "prune_rate"]
 
 # The paper's quantitative claims (Yu & Tian 2024): (claim, model, dataset or None, value).
 PAPER_CLAIMS = [
@@ -39,32 +39,6 @@ PAPER_CLAIMS = [
     ("Fewer multiplications with dual sparse training, ResNet18", "resnet18", None, 81.7, "macs"),
     ("Fewer multiplications with dual sparse training, ResNet50", "resnet50", None, 84.13, "macs"),
 ]
-
-
-def seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every completed configuration (accuracy and sparsity in %)."""
-    ok = runs[runs.status == "completed"].copy()
-    ok["top1_pct"] = 100 * ok.top1
-    ok["sparsity_pct"] = 100 * ok.activation_sparsity
-    ok["weight_sparsity_pct"] = 100 * ok.weight_sparsity
-    keys = [k for k in GROUP if k in ok]
-    grouped = ok.groupby(keys, dropna=False)
-    out = grouped.agg(seeds=("seed", "nunique"), top1_mean=("top1_pct", "mean"),
-                      top1_std=("top1_pct", "std"), sparsity_mean=("sparsity_pct", "mean"),
-                      sparsity_std=("sparsity_pct", "std"),
-                      weight_sparsity_mean=("weight_sparsity_pct", "mean"),
-                      dense_macs=("dense_macs", "mean"), effective_macs=("effective_macs", "mean"),
-                      mac_reduction_pct=("mac_reduction_pct", "mean")).reset_index()
-    return out
-
-
-def best_within_tolerance(candidates: pd.DataFrame, reference_top1: float,
-                          tolerance_pp: float) -> pd.Series | None:
-    """The row with the highest mean sparsity whose mean top-1 is >= reference - tolerance."""
-    ok = candidates[candidates.top1_mean >= reference_top1 - tolerance_pp - 1e-9]
-    if ok.empty:
-        return None
-    return ok.sort_values(["sparsity_mean", "top1_mean"], ascending=False).iloc[0]
 
 
 def activation_table(runs: pd.DataFrame, tolerance_pp: float) -> pd.DataFrame:
@@ -303,6 +277,64 @@ def dual_macs_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
     ax.set_title(f"{experiment}: dual sparse, prune rate {best.prune_rate:g}, TL1 λ={best.lam:g}, "
                  f"−{best.mac_reduction_pct:.1f}% multiplications{note}", fontsize=9)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+KERNEL_COLORS = {"dense": "#555555", "weight_sparse": _palette[3], "act_sparse": _palette[2],
+                 "dual_sparse": _palette[4], "onnxruntime": _palette[0]}
+
+
+def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """End-to-end latency per model role, kernel, batch and thread count (median over seeds),
+    with the measured and the ideal (dense / effective multiplications) speedup over dense."""
+    if latency.empty:
+        return pd.DataFrame(columns=["experiment", "role", "activation_sparsity_pct",
+                                     "weight_sparsity_pct", "kernel", "batch", "threads",
+                                     "median_ms", "speedup", "ideal_speedup"])
+    model = latency[latency.scope == "model"].drop(
+        columns=["activation_sparsity", "weight_sparsity", "act_sparsity"], errors="ignore").merge(
+        runs[["run_dir", "activation_sparsity", "weight_sparsity"]], on="run_dir", how="left")
+    model = model.assign(activation_sparsity_pct=100 * model.activation_sparsity,
+                         weight_sparsity_pct=100 * model.weight_sparsity)
+    keys = ["experiment", "role", "kernel", "batch", "threads"]
+    out = model.groupby(keys, sort=False).agg(
+        activation_sparsity_pct=("activation_sparsity_pct", "mean"),
+        weight_sparsity_pct=("weight_sparsity_pct", "mean"), median_ms=("median_ms", "median"),
+        speedup=("speedup", "median"), ideal_speedup=("ideal_speedup", "median")).reset_index()
+    return out[["experiment", "role", "activation_sparsity_pct", "weight_sparsity_pct",
+                "kernel", "batch", "threads", "median_ms", "speedup", "ideal_speedup"]]
+
+
+def latency_figure(latency: pd.DataFrame, experiment: str) -> plt.Figure:
+    """Speedup over dense vs activation sparsity, per layer (batch 1, 1 thread), for each
+    sparse kernel, with the ideal speedup (dense / effective multiplications) of each layer."""
+    lat = latency[(latency.experiment == experiment) & (latency.scope == "layer")]
+    if lat.empty:
+        return message_figure(f"{experiment}: no latency measurements")
+    lat = lat[(lat.batch == lat.batch.min()) & (lat.threads == lat.threads.min())]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"baseline": "o", "best_tl1": "^", "best_dual": "s"}
+    for kernel in ("weight_sparse", "act_sparse", "dual_sparse"):
+        k = lat[lat.kernel == kernel]
+        for role, group in k.groupby("role"):
+            ax.scatter(100 * group.act_sparsity, group.speedup, color=KERNEL_COLORS[kernel],
+                       marker=markers.get(role, "o"), s=28, alpha=0.8,
+                       label=f"{kernel}, {role}")
+    ideal = lat[lat.kernel == "dense"].sort_values("act_sparsity")
+    ax.scatter(100 * ideal.act_sparsity, ideal.ideal_speedup, color="black", marker="x", s=30,
+               label="ideal (dense / effective multiplications)")
+    grid = np.linspace(0, 99, 100)
+    ax.plot(grid, 1 / (1 - grid / 100), color="black", lw=0.8, ls="--",
+            label="ideal for a dense-weight layer: 1 / (1 − sparsity)")
+    ax.axhline(1.0, color="#999999", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("input activation sparsity of the layer (% exact zeros)")
+    ax.set_ylabel("speedup over dense torch (×, log)")
+    b, t = int(lat.batch.min()), int(lat.threads.min())
+    ax.set_title(f"{experiment}: per-layer kernel speedup, batch {b}, {t} thread(s)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
 

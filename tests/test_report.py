@@ -113,6 +113,8 @@ def test_every_figure_is_in_the_html_and_on_disk(rendered):
             stems += [f"{exp['name']}_tradeoff", f"{exp['name']}_layer_sparsity"]
         if exp.get("dual"):
             stems.append(f"{exp['name']}_dual_macs")
+        if config["latency"]["enabled"] and exp.get("latency"):
+            stems.append(f"{exp['name']}_latency")
     images = soup.find_all("img")
     assert len(images) == len(stems)
     text = soup.get_text()
@@ -120,6 +122,26 @@ def test_every_figure_is_in_the_html_and_on_disk(rendered):
         assert stem in text
         for ext in ("png", "svg"):
             assert (results / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def test_latency_table_matches_the_latency_csv(rendered):
+    results, config, soup, runs = rendered
+    shown = html_table(soup, "latency")
+    lat = pd.concat([pd.read_csv(p) for p in sorted((results / "latency").rglob("seed*.csv"))])
+    model = lat[lat.scope == "model"]
+    assert set(model.role) == {"baseline", "best_tl1", "best_dual"}
+    assert set(model.kernel) == {"dense", "weight_sparse", "act_sparse", "dual_sparse",
+                                 "onnxruntime"}
+    assert len(shown) == len(model)
+    for _, row in model.iterrows():
+        match = shown[(shown.role == row.role) & (shown.kernel == row.kernel)
+                      & (shown.batch.astype(int) == row.batch)]
+        assert float(match.speedup.iloc[0]) == pytest.approx(row.speedup, abs=0.006)
+        assert float(match.ideal_speedup.iloc[0]) == pytest.approx(row.ideal_speedup, abs=0.006)
+    chosen = json.loads((results / "latency/lenet5_mnist/seed0.meta.json").read_text())["runs"]
+    assert chosen["baseline"] == "lenet5_mnist/baseline/seed0"
+    assert chosen["best_dual"].startswith("lenet5_mnist/dual/prune0.5/lam")
+    assert (lat.max_abs_err < 1e-3).all()
 
 
 def test_html_hides_code(rendered):

@@ -76,6 +76,14 @@ def all_metrics():
     return [f"{d}/metrics.json" for name in EXPERIMENTS for d in run_dirs(name)]
 
 
+def latency_targets():
+    """One latency table per seed of every experiment that asks for it."""
+    if not config["latency"]["enabled"]:
+        return []
+    return [f"{RESULTS}/latency/{name}/seed{seed}.csv" for name, exp in EXPERIMENTS.items()
+            if exp.get("latency") for seed in exp["seeds"]]
+
+
 def all_targets():
     return [f"{RESULTS}/tables/runs.csv", f"{RESULTS}/tables/layers.csv", *report_targets()]
 
@@ -88,10 +96,13 @@ def report_figures():
             stems += [f"{name}_tradeoff", f"{name}_layer_sparsity"]
         if exp.get("dual"):
             stems.append(f"{name}_dual_macs")
+        if config["latency"]["enabled"] and exp.get("latency"):
+            stems.append(f"{name}_latency")
     return stems
 
 
-REPORT_TABLES = ["activation_sparsity", "dual_sparse", "paper_vs_reproduced", "diverged"]
+REPORT_TABLES = ["activation_sparsity", "dual_sparse", "paper_vs_reproduced", "diverged",
+                 "latency_models"]
 
 
 def report_targets():

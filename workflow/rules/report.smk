@@ -10,6 +10,7 @@ rule report:
         notebook="notebooks/report.ipynb",
         runs=f"{RESULTS}/tables/runs.csv",
         layers=f"{RESULTS}/tables/layers.csv",
+        latency=latency_targets(),
     output:
         notebook=f"{RESULTS}/report/report.ipynb",
         html=report(f"{RESULTS}/report/report.html", category="1. Report"),
@@ -26,6 +27,7 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         tolerance=config["report"]["tolerance_pp"],
+        latency=lambda wildcards, input: "[" + ", ".join(input.latency) + "]",
         tables=lambda wildcards, output: os.path.dirname(output.tables[0]),
         figures=lambda wildcards, output: os.path.join(
             os.path.dirname(os.path.dirname(output.html)), "figures"
@@ -34,4 +36,4 @@ rule report:
         "python -m dstcore.cli render --notebook {input.notebook} --out {output.notebook} "
         "--html {output.html} -p runs_csv {input.runs} -p layers_csv {input.layers} "
         "-p tables_dir {params.tables} -p figures_dir {params.figures} "
-        "-p tolerance_pp {params.tolerance} > {log} 2>&1"
+        "-p tolerance_pp {params.tolerance} -p latency_csvs '{params.latency}' > {log} 2>&1"

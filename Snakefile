@@ -21,3 +21,9 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+rule latency:
+    # `make bench`: the per-model latency tables (trains what they need first)
+    input:
+        latency_targets(),

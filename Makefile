@@ -27,6 +27,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -x -q
 
+# profiles/slurm against a real one-node SLURM started on this machine (needs root; prints
+# "SKIP: <reason>" and succeeds when it cannot run). See tests/cluster/README.md.
+.PHONY: test-slurm
+test-slurm: $(STAMP)
+	bash tests/cluster/slurm_local.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint

@@ -84,6 +84,12 @@ def latency_targets():
             if exp.get("latency") for seed in exp["seeds"]]
 
 
+def latency_threads():
+    """The latency job takes every core it may use (--cores), so nothing else runs meanwhile."""
+    cores = workflow.cores
+    return cores if isinstance(cores, int) and cores > 0 else (os.cpu_count() or 1)
+
+
 def all_targets():
     return [f"{RESULTS}/tables/runs.csv", f"{RESULTS}/tables/layers.csv", *report_targets()]
 

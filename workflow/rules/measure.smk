@@ -53,7 +53,7 @@ rule measure_latency:
         f"{RESULTS}/logs/{{exp}}/latency/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{exp}}/latency/seed{{seed}}.tsv"
-    threads: workflow.cores
+    threads: latency_threads()
     resources:
         mem_mb=8000,
         runtime=120,

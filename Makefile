@@ -9,7 +9,7 @@ CORES  ?= $(shell nproc 2>/dev/null || echo 2)
 CONFIG ?= config/config.yaml
 SNAKEMAKE_ARGS ?=
 
-.PHONY: all test lint bench report clean-results venv
+.PHONY: all test lint bench clean-results venv
 
 venv: $(STAMP)
 

@@ -86,7 +86,10 @@ def latency_targets():
 
 def latency_threads():
     """The latency job takes every core it may use (--cores), so nothing else runs meanwhile."""
-    cores = workflow.cores
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no --cores given (cluster runs without `cores:`, --unlock, ...)
+        cores = None
     return cores if isinstance(cores, int) and cores > 0 else (os.cpu_count() or 1)
 
 

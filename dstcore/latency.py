@@ -97,16 +97,18 @@ def time_callable(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30, *,
     """
     for _ in range(warmup):
         fn()
-    samples = []
-    for _ in range(max(1, repeats)):
-        if sync is not None:
-            sync()
-        t0 = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        samples.append(time.perf_counter() - t0)
-    return _stats(samples)
+    return _stats([_time_once(fn, sync) for _ in range(max(1, repeats))])
+
+
+def _time_once(fn: Callable[[], Any], sync: Callable[[], Any] | None) -> float:
+    """Seconds for one call of ``fn``, with ``sync()`` before starting and stopping the clock."""
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    fn()
+    if sync is not None:
+        sync()
+    return time.perf_counter() - t0
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 3, repeats: int = 20,
@@ -124,15 +126,7 @@ def time_interleaved(fns: Mapping[str, Callable[[], Any]], warmup: int = 3, repe
     round_med: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(max(1, rounds)):
         for name, fn in fns.items():
-            rs = []
-            for _ in range(per_round):
-                if sync is not None:
-                    sync()
-                t0 = time.perf_counter()
-                fn()
-                if sync is not None:
-                    sync()
-                rs.append(time.perf_counter() - t0)
+            rs = [_time_once(fn, sync) for _ in range(per_round)]
             samples[name].extend(rs)
             round_med[name].append(float(np.median(rs)))
     out = {}

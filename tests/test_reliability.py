@@ -139,3 +139,16 @@ def test_atomic_writes_leave_nothing_when_interrupted(tmp_path, writer):
     assert not target.exists() and list(tmp_path.iterdir()) == []
     write_json(tmp_path / "ok.json", {"a": float("nan")})
     assert json.loads((tmp_path / "ok.json").read_text()) == {"a": None}
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Results are shared: an atomically written file is readable by others (umask 022 -> 0644),
+    not left with mkstemp's private 0600."""
+    from dstcore.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644

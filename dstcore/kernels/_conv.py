@@ -41,52 +41,6 @@ GEO_LEN = 24
 # ----------------------------------------------------------------------------- act / dual
 
 
-@njit(cache=True, fastmath=_FM, inline="always")
-def _row_geometry(geo):
-    """The ``geo`` fields the act/dual row loops use, as a tuple."""
-    return (geo[G_G], geo[G_CG], geo[G_H], geo[G_W], geo[G_OH], geo[G_OW], geo[G_K], geo[G_KG],
-            geo[G_KPAD], geo[G_R], geo[G_SH], geo[G_SW], geo[G_PH], geo[G_PW], geo[G_DH],
-            geo[G_DW], geo[G_NKB])
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _fill_bias(of, orow, k0, K, OW, bvec, nk, KB):
-    """Output row slice ``of[orow + ow*K + k0 : +nk]`` = bias block, for every ow < OW."""
-    for ow in range(OW):
-        if nk == KB:
-            vstore(of, orow + ow * K + k0, bvec)
-        else:
-            vstoren(of, orow + ow * K + k0, bvec, nk)
-
-
-@njit(cache=True, fastmath=_FM, inline="always")
-def _add_taps(spec, of, buf, acc, bvec, orow, k0, t0, K, OW, sw, dw, nk):
-    """Add tap s of ``acc`` (S x KB lanes, from input column t0 - pw) to output pixel
-    ow = (t0 - s*dw) / sw when that is an integer in [0, OW). Interior stride-1 columns with
-    a full block take one unrolled vector path; the rest goes through the stack ``buf``."""
-    S = spec_taps(spec)
-    KB = spec_block(spec)
-    if sw == 1 and nk == KB and t0 - (S - 1) * dw >= 0 and t0 < OW:
-        vaddto_taps(spec, of, orow + t0 * K + k0, -dw * K, acc)
-        return
-    vstore(buf, 0, acc)
-    for s in range(S):
-        t = t0 - s * dw
-        if t < 0:
-            break
-        if t % sw != 0:
-            continue
-        ow = t // sw
-        if ow >= OW:
-            continue
-        o = orow + ow * K + k0
-        part = vadd(vload_like(bvec, of, o), vload_block(spec, buf, s * KB))
-        if nk == KB:
-            vstore(of, o, part)
-        else:
-            vstoren(of, o, part, nk)
-
-
 @njit(cache=True, fastmath=_FM)
 def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
     """Output rows [r0, r1) of ``act_sparse``; a row is (image, group, oh).
@@ -96,9 +50,26 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
     non-zeros, acc (S*KB lanes in registers) = sum_c x[c] * W[kb, r, c, :, :], then the S
     taps of acc are added to the S output pixels that position feeds.
     """
+    S = spec_taps(spec)
     KB = spec_block(spec)
-    SK = spec_taps(spec) * KB
-    G, Cg, H, W, OH, OW, K, Kg, Kpad, R, sh, sw, ph, pw, dh, dw, nkb = _row_geometry(geo)
+    SK = S * KB
+    G = geo[G_G]
+    Cg = geo[G_CG]
+    H = geo[G_H]
+    W = geo[G_W]
+    OH = geo[G_OH]
+    OW = geo[G_OW]
+    K = geo[G_K]
+    Kg = geo[G_KG]
+    Kpad = geo[G_KPAD]
+    R = geo[G_R]
+    sh = geo[G_SH]
+    sw = geo[G_SW]
+    ph = geo[G_PH]
+    pw = geo[G_PW]
+    dh = geo[G_DH]
+    dw = geo[G_DW]
+    nkb = geo[G_NKB]
     P = H * W
     buf = numba.carray(stack_buffer(spec), SK)
     for row in range(r0, r1):
@@ -111,7 +82,11 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
             k0 = kb * KB
             nk = min(KB, Kg - k0)
             bvec = vload_block(spec, bias, g * Kpad + k0)
-            _fill_bias(of, orow, k0, K, OW, bvec, nk, KB)
+            for ow in range(OW):
+                if nk == KB:
+                    vstore(of, orow + ow * K + k0, bvec)
+                else:
+                    vstoren(of, orow + ow * K + k0, bvec, nk)
             for r in range(R):
                 h = oh * sh - ph + r * dh
                 if h < 0 or h >= H:
@@ -126,7 +101,26 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
                     acc = vzeros_taps(spec)
                     for j in range(j0, j1):
                         acc = vfma(acc, val[j], wf, rb + q[j] * SK)
-                    _add_taps(spec, of, buf, acc, bvec, orow, k0, w + pw, K, OW, sw, dw, nk)
+                    t0 = w + pw
+                    if sw == 1 and nk == KB and t0 - (S - 1) * dw >= 0 and t0 < OW:
+                        vaddto_taps(spec, of, orow + t0 * K + k0, -dw * K, acc)
+                    else:
+                        vstore(buf, 0, acc)
+                        for s in range(S):
+                            t = t0 - s * dw
+                            if t < 0:
+                                break
+                            if t % sw != 0:
+                                continue
+                            ow = t // sw
+                            if ow >= OW:
+                                continue
+                            o = orow + ow * K + k0
+                            part = vadd(vload_like(bvec, of, o), vload_block(spec, buf, s * KB))
+                            if nk == KB:
+                                vstore(of, o, part)
+                            else:
+                                vstoren(of, o, part, nk)
 
 
 @njit(cache=True, fastmath=_FM)
@@ -150,9 +144,26 @@ def _dual_rows(spec, geo, ptr, q, val, wf, bmode, boff, cidx, packed, bias, of, 
     ``packed[(boff + t) * 16]`` with chunk index ``cidx[boff + t]``; accumulated in a stack
     buffer, so the zero chunks cost nothing.
     """
+    S = spec_taps(spec)
     KB = spec_block(spec)
-    SK = spec_taps(spec) * KB
-    G, Cg, H, W, OH, OW, K, Kg, Kpad, R, sh, sw, ph, pw, dh, dw, nkb = _row_geometry(geo)
+    SK = S * KB
+    G = geo[G_G]
+    Cg = geo[G_CG]
+    H = geo[G_H]
+    W = geo[G_W]
+    OH = geo[G_OH]
+    OW = geo[G_OW]
+    K = geo[G_K]
+    Kg = geo[G_KG]
+    Kpad = geo[G_KPAD]
+    R = geo[G_R]
+    sh = geo[G_SH]
+    sw = geo[G_SW]
+    ph = geo[G_PH]
+    pw = geo[G_PW]
+    dh = geo[G_DH]
+    dw = geo[G_DW]
+    nkb = geo[G_NKB]
     P = H * W
     buf = numba.carray(stack_buffer(spec), SK)
     for row in range(r0, r1):
@@ -165,7 +176,11 @@ def _dual_rows(spec, geo, ptr, q, val, wf, bmode, boff, cidx, packed, bias, of, 
             k0 = kb * KB
             nk = min(KB, Kg - k0)
             bvec = vload_block(spec, bias, g * Kpad + k0)
-            _fill_bias(of, orow, k0, K, OW, bvec, nk, KB)
+            for ow in range(OW):
+                if nk == KB:
+                    vstore(of, orow + ow * K + k0, bvec)
+                else:
+                    vstoren(of, orow + ow * K + k0, bvec, nk)
             for r in range(R):
                 h = oh * sh - ph + r * dh
                 if h < 0 or h >= H:
@@ -194,7 +209,26 @@ def _dual_rows(spec, geo, ptr, q, val, wf, bmode, boff, cidx, packed, bias, of, 
                                 vfma16_mem(buf, cidx[t] * 16, v, packed, t * 16)
                     if packed_used:
                         acc = vadd(acc, vload_like(acc, buf, 0))
-                    _add_taps(spec, of, buf, acc, bvec, orow, k0, w + pw, K, OW, sw, dw, nk)
+                    t0 = w + pw
+                    if sw == 1 and nk == KB and t0 - (S - 1) * dw >= 0 and t0 < OW:
+                        vaddto_taps(spec, of, orow + t0 * K + k0, -dw * K, acc)
+                    else:
+                        vstore(buf, 0, acc)
+                        for s in range(S):
+                            t = t0 - s * dw
+                            if t < 0:
+                                break
+                            if t % sw != 0:
+                                continue
+                            ow = t // sw
+                            if ow >= OW:
+                                continue
+                            o2 = orow + ow * K + k0
+                            part = vadd(vload_like(bvec, of, o2), vload_block(spec, buf, s * KB))
+                            if nk == KB:
+                                vstore(of, o2, part)
+                            else:
+                                vstoren(of, o2, part, nk)
 
 
 @njit(cache=True, fastmath=_FM)

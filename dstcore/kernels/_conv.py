@@ -134,6 +134,8 @@ def act_conv_parallel(spec, geo, ptr, q, val, wf, bias, of):
         _act_rows(spec, geo, ptr, q, val, wf, bias, of, i, i + 1)
 
 
+# _dual_rows repeats _act_rows' geometry, bias fill and tap scatter on purpose: moving them into
+# shared @njit helpers (inlined or not) measured 20-30% slower at 90-97% activation sparsity.
 @njit(cache=True, fastmath=_FM)
 def _dual_rows(spec, geo, ptr, q, val, wf, bmode, boff, cidx, packed, bias, of, r0, r1):
     """Like :func:`_act_rows`, but each weight block (kb, r, c) of S*KB lanes has a mode:

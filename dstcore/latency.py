@@ -510,7 +510,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                     fns[k] = (lambda sm=sm, x=x: sm(x))
                     errs[k] = _max_err(sm(x), ref)
                 if onnx_model is not None:
-                    ort_run = OrtRunner(onnx_model, threads=nthr)
+                    ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
                     fns["onnxruntime"] = lambda r=ort_run, x=x: r(x)
                     errs["onnxruntime"] = _max_err(ort_run(x), ref)
                 res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
@@ -556,7 +556,7 @@ def _time_layer(model_name: str, name: str, mod: nn.Module, x: Tensor,
             prep = kern.prepare_input(x)
             fns[k + ":compute"] = (lambda kern=kern, p=prep: kern.compute(p))
     if onnx_bytes is not None:
-        ort_run = OrtRunner(onnx_bytes, threads=nthr)
+        ort_run = OrtRunner(onnx_bytes, threads=nthr, spinning=False)
         fns["onnxruntime"] = lambda: ort_run(x)
         errs["onnxruntime"] = _max_err(ort_run(x), ref)
     res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")

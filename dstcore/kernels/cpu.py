@@ -57,9 +57,22 @@ class ConvParams:
     groups: int = 1
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Output height and width for an h x w input; ValueError if the input is too small."""
         (r, s), (sh, sw) = self.kernel_size, self.stride
         (ph, pw), (dh, dw) = self.padding, self.dilation
-        return ((h + 2 * ph - dh * (r - 1) - 1) // sh + 1, (w + 2 * pw - dw * (s - 1) - 1) // sw + 1)
+        oh = (h + 2 * ph - dh * (r - 1) - 1) // sh + 1
+        ow = (w + 2 * pw - dw * (s - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"input {h}x{w} too small for {self}")
+        return oh, ow
+
+
+def _geo_array(fields: dict[int, int]) -> np.ndarray:
+    """The int64 ``geo`` array of the Numba kernels: ``fields`` maps K.G_* indices to values."""
+    geo = np.zeros(K.GEO_LEN, np.int64)
+    for i, v in fields.items():
+        geo[i] = v
+    return geo
 
 
 def conv_params(module: nn.Conv2d) -> ConvParams:
@@ -227,23 +240,18 @@ class _ActBase(Kernel):
         g = p.groups
         cg = p.in_channels // g
         oh, ow = p.out_hw(h, w)
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"input {h}x{w} too small for {p}")
         b = n * g * h * w
         self._ptr = np.empty(b + 1, np.int64)
         self._cnt = np.empty(b, np.int64)
         cap = n * p.in_channels * h * w + LANES
         self._q = np.empty(cap, np.int32)
         self._val = np.empty(cap, np.float32)
-        geo = np.zeros(K.GEO_LEN, np.int64)
         (r, s), (sh, sw), (ph, pw), (dh, dw) = (p.kernel_size, p.stride, p.padding, p.dilation)
-        vals = {K.G_N: n, K.G_G: g, K.G_CG: cg, K.G_H: h, K.G_W: w, K.G_OH: oh, K.G_OW: ow,
-                K.G_K: p.out_channels, K.G_KG: p.out_channels // g, K.G_KPAD: self.kpad,
-                K.G_R: r, K.G_S: s, K.G_SH: sh, K.G_SW: sw, K.G_PH: ph, K.G_PW: pw,
-                K.G_DH: dh, K.G_DW: dw, K.G_NKB: self.nkb}
-        for i, v in vals.items():
-            geo[i] = v
-        self._geo = geo
+        self._geo = _geo_array({
+            K.G_N: n, K.G_G: g, K.G_CG: cg, K.G_H: h, K.G_W: w, K.G_OH: oh, K.G_OW: ow,
+            K.G_K: p.out_channels, K.G_KG: p.out_channels // g, K.G_KPAD: self.kpad,
+            K.G_R: r, K.G_S: s, K.G_SH: sh, K.G_SW: sw, K.G_PH: ph, K.G_PW: pw,
+            K.G_DH: dh, K.G_DW: dw, K.G_NKB: self.nkb})
         self._out_shape = (n, oh, ow, p.out_channels)
         self._ws_key = key
 
@@ -433,22 +441,17 @@ class WeightSparseConv2d(Kernel):
         cg = p.in_channels // g
         (sh, sw), (ph, pw) = p.stride, p.padding
         oh, ow = p.out_hw(h, w)
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"input {h}x{w} too small for {p}")
         hq, wq = -(-(h + 2 * ph) // sh), -(-(w + 2 * pw) // sw)
         ohw = oh * wq
         tl = next((t for t in (16, 32, 64) if ohw <= t), 128)
         tiles = -(-ohw // tl)
         self.spec = KSpec(1, tl)
         self._build_csr(hq, wq)
-        geo = np.zeros(K.GEO_LEN, np.int64)
-        vals = {K.G_N: n, K.G_G: g, K.G_CG: cg, K.G_H: h, K.G_W: w, K.G_OH: oh, K.G_OW: ow,
-                K.G_K: p.out_channels, K.G_KG: p.out_channels // g, K.G_SH: sh, K.G_SW: sw,
-                K.G_PH: ph, K.G_PW: pw, K.G_HQ: hq, K.G_WQ: wq, K.G_NPH: sh * sw,
-                K.G_OHWPAD: tiles * tl, K.G_TILES: tiles}
-        for i, v in vals.items():
-            geo[i] = v
-        self._geo = geo
+        self._geo = _geo_array({
+            K.G_N: n, K.G_G: g, K.G_CG: cg, K.G_H: h, K.G_W: w, K.G_OH: oh, K.G_OW: ow,
+            K.G_K: p.out_channels, K.G_KG: p.out_channels // g, K.G_SH: sh, K.G_SW: sw,
+            K.G_PH: ph, K.G_PW: pw, K.G_HQ: hq, K.G_WQ: wq, K.G_NPH: sh * sw,
+            K.G_OHWPAD: tiles * tl, K.G_TILES: tiles})
         plane = sh * sw * cg * hq * wq
         self._xph = np.empty(n * g * plane + tiles * tl + LANES, np.float32)
         self._dims = (n, oh, ow, wq, tiles * tl)

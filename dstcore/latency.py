@@ -40,7 +40,7 @@ from dstcore.flops import conv2d_macs, linear_macs
 from dstcore.io import write_with
 from dstcore.kernels import CPU_KINDS, prepare, sparsify_model
 from dstcore.kernels.cpu import MAX_ACC_LANES, Kernel
-from dstcore.kernels.swap import weighted_layer_names
+from dstcore.sparsity.activations import register_hooks, weighted_layers
 
 SPARSE_KINDS = tuple(k for k in CPU_KINDS if k != "dense")
 ACT_SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
@@ -426,24 +426,12 @@ def _sweep_cell(layer: LayerShape, batch: int, nthr: int, ws: float, acts: Seque
 
 
 def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    """Input of every Conv2d / Linear of ``model`` on batch ``x`` (forward hooks)."""
-    names = set(weighted_layer_names(model))
+    """Input of every Conv2d / Linear of ``model`` on batch ``x`` (first call of each layer)."""
     got: dict[str, Tensor] = {}
-
-    def keep(name: str, x: Tensor) -> None:  # a hook must return None (else it replaces output)
-        got.setdefault(name, x.detach().clone())
-
-    hooks = []
-    for name, mod in model.named_modules():
-        if name in names:
-            hooks.append(mod.register_forward_hook(
-                lambda m, args, out, _n=name: keep(_n, args[0])))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with register_hooks(weighted_layers(model),
+                        lambda name, _m, a: got.setdefault(name, a.detach().clone())), \
+            torch.no_grad():
+        model(x)
     return got
 
 
@@ -487,7 +475,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     model = model.eval().cpu()
     inputs = inputs.detach().float().cpu()
     swapped = {k: sparsify_model(model, k, keep_first_dense=keep_first_dense) for k in kinds}
-    layer_mods = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    layer_mods = dict(weighted_layers(model))
     layer_kernels = {n: {k: prepare(k, m) for k in ("dense", *kinds)}
                      for n, m in layer_mods.items()} if per_layer else {}
     onnx_model = export_onnx(model, _batch_of(inputs, 1)) if include_ort else None

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dstcore.kernels.cpu import Kernel
+from dstcore.sparsity.activations import weighted_layers
 
 
 class KernelModule(nn.Module):
@@ -25,11 +26,6 @@ class KernelModule(nn.Module):
         return f"kind={self.kernel.kind!r}, layer={self.layer_name!r}"
 
 
-def weighted_layer_names(model: nn.Module) -> list[str]:
-    """Names of the Conv2d / Linear modules in ``named_modules`` order."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-
-
 def sparsify_model(model: nn.Module, kind: str, keep_first_dense: bool = True,
                    **options: Any) -> nn.Module:
     """A deep copy of ``model`` (eval mode) whose Conv2d / Linear layers run ``kind``.
@@ -42,7 +38,7 @@ def sparsify_model(model: nn.Module, kind: str, keep_first_dense: bool = True,
     from dstcore.kernels import prepare
 
     new = copy.deepcopy(model).eval()
-    names = weighted_layer_names(new)
+    names = [name for name, _ in weighted_layers(new)]
     skip = set(names[:1]) if keep_first_dense else set()
     for name in names:
         if name in skip:

@@ -36,12 +36,27 @@ def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, grou
     """(dense, effective) multiplications of conv2d(x [N,C,H,W], weight) for the whole batch.
 
     Effective: products whose input and weight are both non-zero; zero padding adds none.
+    Summed over images and output positions first, the count is sum_(c,i,j) K[c,i,j] S[c,i,j]:
+    K = non-zero weights of channel c's group at tap (i, j) over its output channels, S = non-zero
+    inputs of channel c that tap (i, j) meets over all outputs. Integer arithmetic, exact.
     """
-    xm = (x != 0).float()
-    counts = F.conv2d(xm, (weight != 0).float(), None, stride, padding, dilation, groups)
-    dense = counts.numel() * weight.shape[1] * weight.shape[2] * weight.shape[3]
-    # Each output is an integer < 2^24; rounding undoes any Winograd/FFT error.
-    return int(dense), int(torch.round(counts).sum(dtype=torch.float64).item())
+    (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
+    c_out, c_in_g, kh, kw = weight.shape
+    n, c_in, h, w = x.shape
+    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    nonzero = F.pad((x != 0).sum(0, dtype=torch.int64), (pw, pw, ph, ph))  # [C, H+2p, W+2p]
+    taps = torch.stack([
+        nonzero[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh,
+                j * dw:j * dw + (out_w - 1) * sw + 1:sw].sum((1, 2))
+        for i in range(kh) for j in range(kw)], dim=1).view(groups, c_in_g, kh, kw)
+    kernel = (weight != 0).view(groups, c_out // groups, c_in_g, kh, kw).sum(1, dtype=torch.int64)
+    dense = n * out_h * out_w * c_out * c_in_g * kh * kw
+    return int(dense), int((kernel * taps).sum().item())
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ import pandas as pd
 
 from dstcore import DstError
 from dstcore.io import read_json, write_with
+from dstcore.stats import t_interval
 
 RUN_COLUMNS = [
     "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate", "seed",
@@ -112,7 +113,8 @@ GROUP = ["experiment", "kind", "method", "lam", "beta", "prune_rate"]
 
 
 def seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of every completed configuration (accuracy and sparsity in %)."""
+    """Mean, std and 95% t interval over seeds of every completed configuration (accuracy and
+    sparsity in %; MACs per image)."""
     ok = runs[runs.status == "completed"].copy()
     ok["top1_pct"] = 100 * ok.top1
     ok["sparsity_pct"] = 100 * ok.activation_sparsity
@@ -125,6 +127,11 @@ def seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
                       weight_sparsity_mean=("weight_sparsity_pct", "mean"),
                       dense_macs=("dense_macs", "mean"), effective_macs=("effective_macs", "mean"),
                       mac_reduction_pct=("mac_reduction_pct", "mean")).reset_index()
+    for column, source in (("top1", "top1_pct"), ("sparsity", "sparsity_pct"),
+                           ("mac_reduction", "mac_reduction_pct")):
+        intervals = [t_interval(group[source]) for _, group in grouped]
+        out[f"{column}_ci_low"] = [ci.low for ci in intervals]
+        out[f"{column}_ci_high"] = [ci.high for ci in intervals]
     return out
 
 

@@ -1,0 +1,101 @@
+"""Statistics over seeds: t-intervals, paired gains, frontiers at matched accuracy, claim status.
+
+Every number the report compares is computed per seed first and summarised over seeds with a
+Student t interval, so that differences between methods are paired by seed (same baseline
+weights, same data order). Accuracies and sparsities are percentages; gains are points (pp).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean over ``n`` seeds with its two-sided t interval (nan bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def spans_zero(self) -> bool:
+        return not (self.low > 0 or self.high < 0)
+
+
+def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean ± t_{(1+c)/2, n-1} · s / √n of the finite ``values`` (sample std, ddof = 1).
+
+    One value gives nan bounds (no interval from one seed); none gives a nan mean.
+    """
+    x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1)
+    half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[int, float]:
+    """Per-seed differences a - b over the seeds both have (finite values only)."""
+    return {s: a[s] - b[s] for s in sorted(set(a) & set(b))
+            if math.isfinite(a[s]) and math.isfinite(b[s])}
+
+
+def relative(gain: Mapping[int, float], reference: Mapping[int, float]) -> dict[int, float]:
+    """Per-seed relative gain in percent: gain / reference × 100 (reference > 0 only)."""
+    return {s: 100.0 * gain[s] / reference[s] for s in sorted(set(gain) & set(reference))
+            if reference[s] > 0 and math.isfinite(gain[s])}
+
+
+def interpolate_at(accuracy: Sequence[float], sparsity: Sequence[float], target: float
+                   ) -> float:
+    """Sparsity where the piecewise-linear curve through (accuracy, sparsity) points, taken in
+    λ order, meets ``target`` accuracy; nan when no segment reaches it on both sides.
+
+    A segment brackets the target when its end accuracies lie on opposite sides of it (or one
+    equals it). When the curve crosses the target more than once (noise makes accuracy
+    non-monotone in λ), the largest sparsity of the crossings is the frontier's value.
+    """
+    best = math.nan
+    for i in range(len(accuracy) - 1):
+        a0, a1, s0, s1 = accuracy[i], accuracy[i + 1], sparsity[i], sparsity[i + 1]
+        if (a0 - target) * (a1 - target) > 0:
+            continue
+        value = max(s0, s1) if a0 == a1 else s0 + (target - a0) / (a1 - a0) * (s1 - s0)
+        best = value if math.isnan(best) else max(best, value)
+    if len(accuracy) == 1 and accuracy[0] == target:
+        best = sparsity[0]
+    return best
+
+
+def claim_status(paper_value: float, interval: Interval) -> str:
+    """``reproduced`` when the interval contains the paper's value or lies above it, ``not
+    reproduced`` when it lies entirely below. With one seed the mean stands in for the interval."""
+    if interval.n == 0 or math.isnan(interval.mean):
+        return "not run"
+    high = interval.high if interval.n > 1 else interval.mean
+    return "reproduced" if high >= paper_value else "not reproduced"
+
+
+def ordering_status(difference: Interval) -> str:
+    """``holds`` when the paired interval of (TL1 − best other) lies above 0, ``does not hold``
+    below 0, ``undecided`` when it spans 0 (or there is no interval)."""
+    if difference.n < 2:
+        return "undecided"
+    if difference.low > 0:
+        return "holds"
+    if difference.high < 0:
+        return "does not hold"
+    return "undecided"

@@ -1,0 +1,99 @@
+"""Seed statistics against values computed by hand."""
+
+import math
+
+import pytest
+
+from dstcore.stats import (
+    Interval,
+    claim_status,
+    interpolate_at,
+    ordering_status,
+    paired,
+    relative,
+    t_interval,
+)
+
+
+def test_t_interval_of_three_seeds():
+    # mean 2, s = 1, t(0.975, 2) = 4.302653: half width 4.302653 / sqrt(3) = 2.484138
+    ci = t_interval([1.0, 2.0, 3.0])
+    assert (ci.mean, ci.n) == (2.0, 3)
+    assert ci.low == pytest.approx(2 - 2.484138, abs=1e-6)
+    assert ci.high == pytest.approx(2 + 2.484138, abs=1e-6)
+
+
+def test_t_interval_of_two_seeds_uses_t_with_one_degree_of_freedom():
+    # mean 11, s = sqrt(2), t(0.975, 1) = 12.706205: half width 12.706205 * sqrt(2) / sqrt(2)
+    ci = t_interval([10.0, 12.0])
+    assert ci.low == pytest.approx(11 - 12.706205, abs=1e-6)
+    assert ci.high == pytest.approx(11 + 12.706205, abs=1e-6)
+
+
+def test_t_interval_of_one_seed_has_no_bounds_and_nan_values_are_dropped():
+    ci = t_interval([5.0, math.nan])
+    assert ci.mean == 5.0 and ci.n == 1 and math.isnan(ci.low) and math.isnan(ci.high)
+    empty = t_interval([])
+    assert empty.n == 0 and math.isnan(empty.mean)
+
+
+def test_equal_values_give_a_zero_width_interval():
+    ci = t_interval([3.0, 3.0, 3.0])
+    assert ci.low == ci.high == 3.0
+
+
+def test_paired_differences_use_the_seeds_both_sides_have():
+    a = {0: 10.0, 1: 12.0, 2: 11.0, 3: 9.0}
+    b = {0: 8.0, 1: 9.0, 2: 11.0, 4: 1.0}
+    assert paired(a, b) == {0: 2.0, 1: 3.0, 2: 0.0}
+    # mean 5/3, s = sqrt(7/3) = 1.527525, half = 4.302653 * 1.527525 / sqrt(3) = 3.794583
+    ci = t_interval(paired(a, b).values())
+    assert ci.mean == pytest.approx(5 / 3)
+    assert ci.high - ci.mean == pytest.approx(3.794583, abs=1e-6)
+
+
+def test_relative_reading_divides_by_the_reference_of_the_same_seed():
+    # LeNet5 numbers of the one-seed report: (82.68 - 56.69) / 56.69 = 45.85 %
+    assert relative({0: 82.68 - 56.69}, {0: 56.69})[0] == pytest.approx(45.846, abs=1e-3)
+    assert relative({0: 26.0, 1: 30.0}, {0: 52.0, 1: 60.0}) == {0: 50.0, 1: 50.0}
+    assert relative({0: 1.0}, {0: 0.0}) == {}  # no relative gain over a reference of 0
+
+
+def test_interpolation_between_the_bracketing_points():
+    acc = [99.2, 99.0, 98.6, 97.8]
+    spars = [56.0, 75.0, 82.0, 88.0]
+    # 98.8 lies halfway between 99.0 and 98.6: 75 + 0.5 * 7
+    assert interpolate_at(acc, spars, 98.8) == pytest.approx(78.5)
+    assert interpolate_at(acc, spars, 99.0) == pytest.approx(75.0)  # a grid point exactly
+    assert interpolate_at(acc, spars, 97.8) == pytest.approx(88.0)  # the last point exactly
+
+
+def test_no_value_when_the_grid_does_not_reach_the_target_on_both_sides():
+    acc = [99.2, 99.0, 98.6]
+    spars = [56.0, 75.0, 82.0]
+    assert math.isnan(interpolate_at(acc, spars, 98.0))  # never dropped that far: no extrapolation
+    assert math.isnan(interpolate_at(acc, spars, 99.5))  # never that accurate
+    assert math.isnan(interpolate_at([], [], 99.0))
+
+
+def test_non_monotone_curves_take_the_largest_crossing():
+    acc = [99.2, 98.7, 98.9, 98.0]
+    spars = [50.0, 70.0, 75.0, 90.0]
+    # crossings of 98.8: 50 + 0.8 * 20 = 66; 70 + 0.5 * 5 = 72.5; 75 + (1/9) * 15 = 76.667
+    assert interpolate_at(acc, spars, 98.8) == pytest.approx(75 + 15 / 9)
+
+
+def test_claim_status_rule():
+    assert claim_status(44.04, Interval(40.0, 35.0, 45.0, 3)) == "reproduced"  # contains
+    assert claim_status(44.04, Interval(50.0, 48.0, 52.0, 3)) == "reproduced"  # above
+    assert claim_status(44.04, Interval(26.0, 24.0, 28.0, 3)) == "not reproduced"  # below
+    assert claim_status(44.04, Interval(45.0, math.nan, math.nan, 1)) == "reproduced"
+    assert claim_status(44.04, Interval(30.0, math.nan, math.nan, 1)) == "not reproduced"
+    assert claim_status(44.04, Interval(math.nan, math.nan, math.nan, 0)) == "not run"
+
+
+def test_ordering_status_rule():
+    assert ordering_status(Interval(1.0, 0.2, 1.8, 3)) == "holds"
+    assert ordering_status(Interval(-1.0, -1.5, -0.5, 3)) == "does not hold"
+    assert ordering_status(Interval(0.5, -0.3, 1.3, 3)) == "undecided"
+    assert ordering_status(Interval(2.0, math.nan, math.nan, 1)) == "undecided"

@@ -39,7 +39,7 @@ class DataConfig:
     test_subset: int | None = None
     subset_seed: int = 0
     num_workers: int = 0  # DataLoader workers for CIFAR/ImageNet
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 256  # images per evaluation batch (larger is slower on CPUs)
 
 
 @dataclass
@@ -67,6 +67,7 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = True
     collapse_factor: float = 1.5  # a fine-tune whose accuracy falls to <= this x chance diverged
+    eval_every: int = 1  # evaluate the test set every k epochs and after the last (0: last only)
 
 
 @dataclass
@@ -106,7 +107,7 @@ class RunConfig:
         """Hash of everything that changes results (not where files live or thread counts)."""
         d = self.to_dict()
         for section, key in (("data", "data_root"), ("data", "cache_dir"), ("data", "num_workers"),
-                             ("data", "eval_batch_size"), ("data", "download"),
+                             ("data", "eval_batch_size"), ("data", "download"), ("train", "eval_every"),
                              ("train", "threads"), ("train", "device")):
             d[section].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -234,6 +235,7 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
         _require(value is None or value > 0, key, value, "null or an integer > 0")
     for key, value in (("data.subset_seed", d.subset_seed), ("data.num_workers", d.num_workers),
                        ("train.seed", t.seed), ("train.threads", t.threads),
+                       ("train.eval_every", t.eval_every),
                        ("train.warmup_epochs", t.warmup_epochs),
                        ("prune.l1_epochs", p.l1_epochs), ("prune.finetune_epochs",
                                                           p.finetune_epochs)):

@@ -176,6 +176,36 @@ def total_epochs(cfg: RunConfig, stage: str) -> int:
     return cfg.train.epochs
 
 
+@dataclass
+class Session:
+    """What one run trains with: the model and its optimiser, data, penalty and history."""
+
+    cfg: RunConfig
+    stage: str
+    out_dir: Path
+    init: Path | None
+    parent: dict | None
+    bundle: DataBundle
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    act_layers: list
+    penalty: ActivationPenalty | None
+    masks_fixed: bool
+    history: list[dict]
+    start: int = 0
+    elapsed_before: float = 0.0
+    final: dict | None = None  # full metrics of the last epoch, when they were computed
+
+    @property
+    def epochs(self) -> int:
+        return total_epochs(self.cfg, self.stage)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+
 def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None = None,
         resume: bool = False, final_eval: bool = True, bundle: DataBundle | None = None,
         tags: dict[str, str] | None = None) -> dict:
@@ -183,8 +213,17 @@ def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None
 
     Everything that can be checked (config, checkpoint, data) is checked before ``out_dir``
     is created. ``resume`` continues from ``out_dir/checkpoint.pt`` when it exists and was
-    made with the same config; otherwise the run starts over.
+    made with the same config; otherwise the run starts over. With ``final_eval`` the last
+    epoch's evaluation is the full one of ``metrics.json`` (accuracy, sparsity, MACs).
     """
+    session = start_session(cfg, stage, out_dir, init, resume, bundle)
+    divergence = train_epochs(session, final_eval)
+    return finish(session, divergence, final_eval, tags or {})
+
+
+def start_session(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None,
+                  resume: bool, bundle: DataBundle | None) -> Session:
+    """Check the config and parent, load data, build the model (from the parent), resume."""
     if stage not in STAGES:
         raise DstError(f"unknown stage '{stage}'; choose from {', '.join(STAGES)}")
     validate(cfg, stage)
@@ -200,7 +239,6 @@ def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None
     if bundle is None:
         bundle = load_dataset(d.dataset, d.data_root, d.cache_dir, d.download, d.verify,
                               d.train_subset, d.test_subset, d.subset_seed)
-
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes)
     masks_fixed = False
@@ -215,128 +253,185 @@ def run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path | None
     if cfg.reg.method != "none":
         penalty = ActivationPenalty(act_layers, cfg.reg.method, cfg.reg.beta,
                                     cfg.reg.layer_weights)
-    optimizer = make_optimizer(model, cfg)
-
+    session = Session(cfg, stage, out_dir, init, parent, bundle, device, model,
+                      make_optimizer(model, cfg), act_layers, penalty, masks_fixed, [])
     out_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(out_dir / "config.yaml", {"stage": stage, "from": str(init) if init else None,
                                          **cfg.to_dict()})
-    ckpt_path = out_dir / "checkpoint.pt"
-    history: list[dict] = []
-    start, elapsed_before = 0, 0.0
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if state.get("config_hash") == cfg.semantic_hash() and state.get("stage") == stage:
-            if state["pruned"]:
-                identity_masks(model)
-            model.load_state_dict(state["model"])
-            optimizer = make_optimizer(model, cfg)
-            optimizer.load_state_dict(state["optimizer"])
-            start, history, elapsed_before = state["epoch"], state["history"], state["elapsed"]
-            _say(f"{out_dir}: resuming after epoch {start}")
-        else:
-            _say(f"{out_dir}: checkpoint was made with another config; starting over")
-    write_text(out_dir / "log.jsonl", "".join(_jsonl(h) for h in history))
+    if resume and session.checkpoint.exists():
+        _resume(session)
+    write_text(out_dir / "log.jsonl", "".join(_jsonl(h) for h in session.history))
+    return session
 
-    epochs = total_epochs(cfg, stage)
-    test_loader = make_loader(bundle.test, d.eval_batch_size, shuffle=False)
-    chance = 1.0 / bundle.num_classes
-    parent_top1 = parent.get("final_top1") if parent else None
-    divergence = None
-    last_good = copy.deepcopy(model.state_dict())
+
+def _resume(s: Session) -> None:
+    state = torch.load(s.checkpoint, map_location=s.device, weights_only=False)
+    if state.get("config_hash") != s.cfg.semantic_hash() or state.get("stage") != s.stage:
+        _say(f"{s.out_dir}: checkpoint was made with another config; starting over")
+        return
+    if state["pruned"]:
+        identity_masks(s.model)
+    s.model.load_state_dict(state["model"])
+    s.optimizer = make_optimizer(s.model, s.cfg)
+    s.optimizer.load_state_dict(state["optimizer"])
+    s.start, s.history, s.elapsed_before = state["epoch"], state["history"], state["elapsed"]
+    _say(f"{s.out_dir}: resuming after epoch {s.start}")
+
+
+def train_epochs(s: Session, final_eval: bool) -> dict | None:
+    """Train from ``s.start`` to the last epoch; return the divergence record, if any.
+
+    After each epoch: evaluate when it is due (:func:`evaluation_due`), stop early on a
+    collapse to chance, keep the last good weights and write an atomic checkpoint.
+    """
     t_start = time.perf_counter()
-    bar = tqdm(range(start, epochs), desc=f"{stage} {out_dir.name}", disable=None,
-               initial=start, total=epochs)
-    for epoch in bar:
-        pruning_phase = stage == "prune" and epoch < cfg.prune.l1_epochs
-        if stage == "prune" and not pruning_phase and not has_masks(model):
-            prune_weights(model, cfg.prune.rate, cfg.prune.threshold, cfg.prune.scope)
-            last_good = copy.deepcopy(model.state_dict())
-        lr = lr_at(cfg, epoch, epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        seed = epoch_seed(cfg.train.seed, epoch)
-        torch.manual_seed(seed)
-        loader = make_loader(bundle.train, cfg.train.batch_size, shuffle=True, seed=seed,
-                             num_workers=d.num_workers)
-        t0 = time.perf_counter()
-        if penalty is not None:
-            with penalty:
-                stats = train_one_epoch(model, loader, optimizer, device, penalty, cfg.reg.lam,
-                                        0.0, f"epoch {epoch + 1}")
-        else:
-            stats = train_one_epoch(model, loader, optimizer, device, None, 0.0,
-                                    cfg.prune.weight_l1 if pruning_phase else 0.0,
-                                    f"epoch {epoch + 1}")
-        train_seconds = time.perf_counter() - t0
-        if stats.diverged_step is not None:
-            divergence = {"epoch": epoch + 1, "step": stats.diverged_step, "lam": cfg.reg.lam,
-                          "reason": "non-finite loss",
-                          "last_finite_loss": stats.last_finite_loss}
-            break
-        t1 = time.perf_counter()
-        ev = evaluate(model, test_loader, device, act_layers, bundle.num_classes,
-                      desc="test")
-        line = {"epoch": epoch + 1, "lr": lr, "phase": _phase(stage, pruning_phase),
-                "train_ce": stats.ce, "train_reg": stats.reg, "train_weight_l1": stats.weight_l1,
-                "train_loss": stats.loss, "train_top1": stats.accuracy, "test_top1": ev["top1"],
-                "test_loss": ev["loss"],
-                "activation_sparsity": ev["activation_sparsity"]["overall"],
-                "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t1}
-        collapsed = (parent is not None and ev["top1"] <= cfg.train.collapse_factor * chance
-                     and (parent_top1 is None or parent_top1 > cfg.train.collapse_factor * chance))
-        if collapsed:
-            divergence = {"epoch": epoch + 1, "step": stats.steps, "lam": cfg.reg.lam,
-                          "reason": f"test accuracy {ev['top1']:.4f} collapsed to chance",
-                          "last_finite_loss": stats.last_finite_loss}
-            history.append(line)
-            break
-        history.append(line)
-        last_good = copy.deepcopy(model.state_dict())
-        elapsed = elapsed_before + time.perf_counter() - t_start
-        checkpoint = {"epoch": epoch + 1, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "history": history,
-                      "elapsed": elapsed, "config_hash": cfg.semantic_hash(), "stage": stage,
-                      "pruned": has_masks(model)}
-        write_with(ckpt_path, lambda tmp, c=checkpoint: torch.save(c, tmp))
-        with open(out_dir / "log.jsonl", "a") as fh:
-            fh.write(_jsonl(line))
-        bar.set_postfix(loss=f"{stats.loss:.3f}", acc=f"{ev['top1']:.4f}",
-                        sparsity=f"{line['activation_sparsity']:.3f}")
-        _say(f"{out_dir}: epoch {epoch + 1}/{epochs} loss {stats.loss:.4f} "
-             f"test top1 {ev['top1']:.4f} activation sparsity "
-             f"{line['activation_sparsity']:.4f} ({train_seconds:.1f}s)")
+    bar = tqdm(range(s.start, s.epochs), desc=f"{s.stage} {s.out_dir.name}", disable=None,
+               initial=s.start, total=s.epochs)
+    divergence = _epochs(s, bar, final_eval, t_start)
     bar.close()
+    s.elapsed_before += time.perf_counter() - t_start
+    return divergence
 
-    status = "completed"
+
+def _epochs(s: Session, bar, final_eval: bool, t_start: float) -> dict | None:
+    last_good = copy.deepcopy(s.model.state_dict())
+    for epoch in bar:
+        if s.stage == "prune" and epoch >= s.cfg.prune.l1_epochs and not has_masks(s.model):
+            prune_weights(s.model, s.cfg.prune.rate, s.cfg.prune.threshold, s.cfg.prune.scope)
+            last_good = copy.deepcopy(s.model.state_dict())
+        stats, lr, train_seconds = _train_epoch(s, epoch)
+        if stats.diverged_step is not None:
+            s.model.load_state_dict(last_good)
+            return {"epoch": epoch + 1, "step": stats.diverged_step, "lam": s.cfg.reg.lam,
+                    "reason": "non-finite loss", "last_finite_loss": stats.last_finite_loss}
+        line = {"epoch": epoch + 1, "lr": lr, "phase": _phase(s, epoch), "train_ce": stats.ce,
+                "train_reg": stats.reg, "train_weight_l1": stats.weight_l1,
+                "train_loss": stats.loss, "train_top1": stats.accuracy,
+                "train_seconds": train_seconds, **_evaluate_epoch(s, epoch, final_eval)}
+        s.history.append(line)
+        if _collapsed(s, line["test_top1"]):
+            s.model.load_state_dict(last_good)
+            s.final = None
+            return {"epoch": epoch + 1, "step": stats.steps, "lam": s.cfg.reg.lam,
+                    "reason": f"test accuracy {line['test_top1']:.4f} collapsed to chance",
+                    "last_finite_loss": stats.last_finite_loss}
+        last_good = copy.deepcopy(s.model.state_dict())
+        _save_checkpoint(s, epoch, s.elapsed_before + time.perf_counter() - t_start)
+        _report(s, bar, line)
+    return None
+
+
+def _train_epoch(s: Session, epoch: int) -> tuple[EpochStats, float, float]:
+    """One epoch at its learning rate and seed: (stats, learning rate, seconds)."""
+    lr = lr_at(s.cfg, epoch, s.epochs)
+    for group in s.optimizer.param_groups:
+        group["lr"] = lr
+    seed = epoch_seed(s.cfg.train.seed, epoch)
+    torch.manual_seed(seed)
+    loader = make_loader(s.bundle.train, s.cfg.train.batch_size, shuffle=True, seed=seed,
+                         num_workers=s.cfg.data.num_workers)
+    weight_l1_lam = s.cfg.prune.weight_l1 if _phase(s, epoch) == "weight_l1" else 0.0
+    t0 = time.perf_counter()
+    if s.penalty is not None:
+        with s.penalty:
+            stats = train_one_epoch(s.model, loader, s.optimizer, s.device, s.penalty,
+                                    s.cfg.reg.lam, 0.0, f"epoch {epoch + 1}")
+    else:
+        stats = train_one_epoch(s.model, loader, s.optimizer, s.device, None, 0.0,
+                                weight_l1_lam, f"epoch {epoch + 1}")
+    return stats, lr, time.perf_counter() - t0
+
+
+def evaluation_due(cfg: RunConfig, epoch: int, epochs: int) -> bool:
+    """Whether (0-based) ``epoch`` is evaluated: every ``train.eval_every`` epochs and always
+    the last (``eval_every`` 0: the last only)."""
+    every = cfg.train.eval_every
+    return epoch + 1 == epochs or (every > 0 and (epoch + 1) % every == 0)
+
+
+def _evaluate_epoch(s: Session, epoch: int, final_eval: bool) -> dict:
+    """The log fields of the test evaluation after ``epoch`` (None when not due). The last
+    epoch's evaluation is the full one (MACs, weight sparsity) when ``final_eval``."""
+    if not evaluation_due(s.cfg, epoch, s.epochs):
+        return {"test_top1": None, "test_loss": None, "activation_sparsity": None,
+                "eval_seconds": 0.0}
+    t0 = time.perf_counter()
+    if final_eval and epoch + 1 == s.epochs:
+        s.final = full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size)
+        top1, loss = s.final["accuracy"]["top1"], s.final["test_loss"]
+        sparsity = s.final["activation_sparsity"]["overall"]
+    else:
+        loader = make_loader(s.bundle.test, s.cfg.data.eval_batch_size, shuffle=False)
+        ev = evaluate(s.model, loader, s.device, s.act_layers, s.bundle.num_classes, desc="test")
+        top1, loss, sparsity = ev["top1"], ev["loss"], ev["activation_sparsity"]["overall"]
+    return {"test_top1": top1, "test_loss": loss, "activation_sparsity": sparsity,
+            "eval_seconds": time.perf_counter() - t0}
+
+
+def _collapsed(s: Session, top1: float | None) -> bool:
+    """A fine-tune whose test accuracy fell to chance (x collapse_factor) from a parent above."""
+    if top1 is None or s.parent is None:
+        return False
+    floor = s.cfg.train.collapse_factor / s.bundle.num_classes
+    parent_top1 = s.parent.get("final_top1")
+    return top1 <= floor and (parent_top1 is None or parent_top1 > floor)
+
+
+def _save_checkpoint(s: Session, epoch: int, elapsed: float) -> None:
+    checkpoint = {"epoch": epoch + 1, "model": s.model.state_dict(),
+                  "optimizer": s.optimizer.state_dict(), "history": s.history,
+                  "elapsed": elapsed, "config_hash": s.cfg.semantic_hash(), "stage": s.stage,
+                  "pruned": has_masks(s.model)}
+    write_with(s.checkpoint, lambda tmp: torch.save(checkpoint, tmp))
+    with open(s.out_dir / "log.jsonl", "a") as fh:
+        fh.write(_jsonl(s.history[-1]))
+
+
+def _report(s: Session, bar, line: dict) -> None:
+    seconds = f"({line['train_seconds']:.1f}s)"
+    if line["test_top1"] is None:
+        _say(f"{s.out_dir}: epoch {line['epoch']}/{s.epochs} loss {line['train_loss']:.4f} "
+             f"train top1 {line['train_top1']:.4f} {seconds}")
+        return
+    bar.set_postfix(loss=f"{line['train_loss']:.3f}", acc=f"{line['test_top1']:.4f}",
+                    sparsity=f"{line['activation_sparsity']:.3f}")
+    _say(f"{s.out_dir}: epoch {line['epoch']}/{s.epochs} loss {line['train_loss']:.4f} "
+         f"test top1 {line['test_top1']:.4f} activation sparsity "
+         f"{line['activation_sparsity']:.4f} {seconds}")
+
+
+def finish(s: Session, divergence: dict | None, final_eval: bool, tags: dict[str, str]) -> dict:
+    """Save ``model.pt`` (masks folded in), ``train.json`` and, with ``final_eval``,
+    ``metrics.json``; remove the checkpoint. Returns the ``train.json`` summary."""
+    status = "completed" if divergence is None else "diverged"
     if divergence is not None:
-        status = "diverged"
-        model.load_state_dict(last_good)  # the last finite weights
-        _say(f"{out_dir}: DIVERGED at epoch {divergence['epoch']} (lam={cfg.reg.lam}): "
+        _say(f"{s.out_dir}: DIVERGED at epoch {divergence['epoch']} (lam={s.cfg.reg.lam}): "
              f"{divergence['reason']}; run marked status=diverged")
-    pruned = has_masks(model)
-    make_permanent(model)
-    wall = elapsed_before + time.perf_counter() - t_start
+    history = s.history if divergence is None else s.history[:divergence["epoch"] - 1]
+    pruned = has_masks(s.model)
+    make_permanent(s.model)
     summary = {
-        "status": status, "stage": stage, "tags": tags or {}, "from": str(init) if init else None,
-        "parent_status": parent.get("status") if parent else None,
-        "epochs_planned": epochs, "epochs_completed": len(history) if not divergence
-        else divergence["epoch"] - 1,
-        "divergence": divergence, "final": history[-1] if history else None,
-        "train_seconds_per_epoch": statistics.median(h["train_seconds"] for h in history)
-        if history else None,
-        "wall_seconds": wall, "config": cfg.to_dict(), "data_source": bundle.source,
-        "provenance": provenance(device, cfg.train.seed),
+        "status": status, "stage": s.stage, "tags": tags,
+        "from": str(s.init) if s.init else None,
+        "parent_status": s.parent.get("status") if s.parent else None,
+        "epochs_planned": s.epochs, "epochs_completed": len(history),
+        "divergence": divergence, "final": s.history[-1] if s.history else None,
+        "train_seconds_per_epoch": statistics.median(h["train_seconds"] for h in s.history)
+        if s.history else None,
+        "wall_seconds": s.elapsed_before, "config": s.cfg.to_dict(),
+        "data_source": s.bundle.source, "provenance": provenance(s.device, s.cfg.train.seed),
     }
-    final_top1 = history[-1]["test_top1"] if history and not divergence else parent_top1
-    save_model(out_dir / "model.pt", model, model_name=cfg.model.name, dataset=cfg.data.dataset,
-               input_shape=bundle.input_shape, num_classes=bundle.num_classes,
-               masks_fixed=masks_fixed or pruned, config=cfg.to_dict(), stage=stage,
-               status=status, final_top1=final_top1)
-    write_json(out_dir / "train.json", summary)
+    parent_top1 = s.parent.get("final_top1") if s.parent else None
+    final_top1 = history[-1]["test_top1"] if history and divergence is None else parent_top1
+    save_model(s.out_dir / "model.pt", s.model, model_name=s.cfg.model.name,
+               dataset=s.cfg.data.dataset, input_shape=s.bundle.input_shape,
+               num_classes=s.bundle.num_classes, masks_fixed=s.masks_fixed or pruned,
+               config=s.cfg.to_dict(), stage=s.stage, status=status, final_top1=final_top1)
+    write_json(s.out_dir / "train.json", summary)
     if final_eval:
-        metrics = full_metrics(model, bundle, device, cfg.data.eval_batch_size)
-        write_json(out_dir / "metrics.json", merge_metrics(metrics, summary))
-    ckpt_path.unlink(missing_ok=True)
+        metrics = s.final or full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size)
+        write_json(s.out_dir / "metrics.json", merge_metrics(metrics, summary))
+    s.checkpoint.unlink(missing_ok=True)
     return summary
 
 
@@ -359,10 +454,10 @@ def merge_metrics(metrics: dict, summary: dict) -> dict:
     }
 
 
-def _phase(stage: str, pruning_phase: bool) -> str:
-    if stage == "prune":
-        return "weight_l1" if pruning_phase else "masked_finetune"
-    return stage
+def _phase(s: Session, epoch: int) -> str:
+    if s.stage == "prune":
+        return "weight_l1" if epoch < s.cfg.prune.l1_epochs else "masked_finetune"
+    return s.stage
 
 
 def _jsonl(obj: dict) -> str:

@@ -153,3 +153,35 @@ def test_learning_rate_schedules():
     s = cfg(train={"lr": 1.0, "schedule": "step", "milestones": [2, 4], "gamma": 0.1})
     assert [train_mod.lr_at(s, e, 6) for e in range(6)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_eval_every_skips_test_passes_but_not_the_last(tmp_path, digits, baseline):
+    out = tmp_path / "sparse_eval"
+    run(cfg(train={"eval_every": 0}), "train", out, bundle=digits)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["test_top1"] is None for line in lines] == [True, True, False]
+    assert [line["eval_seconds"] == 0 for line in lines] == [True, True, False]
+    # evaluation changes nothing in training: same weights and metrics as evaluating each epoch
+    a, b = state(baseline / "model.pt"), state(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ours = json.loads((out / "metrics.json").read_text())
+    theirs = json.loads((baseline / "metrics.json").read_text())
+    for key in ("accuracy", "activation_sparsity", "weight_sparsity", "macs"):
+        assert ours[key] == theirs[key], key
+    assert lines[-1]["test_top1"] == ours["accuracy"]["top1"]
+
+
+def test_the_last_epochs_evaluation_is_the_full_one(tmp_path, digits, baseline, monkeypatch):
+    calls = []
+    real = train_mod.full_metrics
+    monkeypatch.setattr(train_mod, "full_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: pytest.fail("second test pass"))
+    run(cfg(train={"eval_every": 0}), "train", tmp_path / "one_pass", bundle=digits)
+    assert calls == [1]  # one pass over the test set for the whole run
+
+
+def test_eval_every_two_evaluates_epochs_two_and_the_last(tmp_path, digits):
+    out = tmp_path / "every2"
+    run(cfg(train={"eval_every": 2, "epochs": 3}), "train", out, bundle=digits)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["test_top1"] is not None for line in lines] == [False, True, True]

@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--repeats", type=int, default=20)
     q.add_argument("--max-images", type=int, default=64)
 
+    p = sub.add_parser("choose-tl1", help="stage 3's TL1 beta and lams from the TL1 sweeps "
+                                          "(dstcore.frontier.choose_dual_tl1)")
+    p.add_argument("metrics", nargs="+", type=Path, help="metrics.json of the baselines, "
+                                                         "controls and TL1 runs")
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--results", type=Path, required=True, help="results folder (for run paths)")
+    p.add_argument("--tolerance-pp", type=float, default=0.5)
+    p.add_argument("--beta", default="auto", help="'auto' or a fixed beta")
+    p.add_argument("--lams", nargs="+", default=["auto"], help="'auto' or fixed lambda values")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+
     p = sub.add_parser("aggregate", help="collect metrics.json files into tidy CSV tables")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")
     p.add_argument("--results", type=Path, required=True, help="results folder (for run paths)")
@@ -243,6 +254,30 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_choose_tl1(args: argparse.Namespace) -> int:
+    from dstcore.aggregate import collect
+    from dstcore.frontier import choose_dual_tl1
+    from dstcore.io import write_json
+
+    def number(text: str) -> float:
+        try:
+            return float(text)
+        except ValueError:
+            raise DstError(f"'{text}' is not 'auto' or a number") from None
+
+    beta = args.beta if args.beta == "auto" else number(args.beta)
+    lams = "auto" if args.lams == ["auto"] else [number(v) for v in args.lams]
+    runs, _ = collect(args.metrics, args.results)
+    try:
+        choice = choose_dual_tl1(runs, args.experiment, args.tolerance_pp, beta, lams)
+    except ValueError as err:
+        raise DstError(str(err)) from None
+    write_json(args.out, choice)
+    print(f"{args.experiment}: stage 3 TL1 beta {choice['beta']:g} ({choice['beta_rule']}), "
+          f"lams {', '.join(f'{v:g}' for v in choice['lams'])} ({choice['lams_rule']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -263,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "latency":
             return cmd_latency(args)
+        if args.command == "choose-tl1":
+            return cmd_choose_tl1(args)
         if args.command == "aggregate":
             from dstcore.aggregate import write_tables
 

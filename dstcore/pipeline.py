@@ -45,6 +45,8 @@ def schema_error_line(error) -> str:
         return f"{where}: {value!r} is not allowed; expected a number {op} {error.validator_value}"
     if error.validator == "minItems":
         return f"{where}: {value!r} is not allowed; expected at least {error.validator_value} item(s)"
+    if error.validator in ("anyOf", "oneOf") and "description" in schema:
+        return f"{where}: {value!r} is not allowed; expected {schema['description']}"
     if error.validator == "type":
         return f"{where}: {value!r} is not allowed; expected type {error.validator_value}"
     return f"{where}: {error.message}"
@@ -77,6 +79,7 @@ def check_experiments(config: dict) -> None:
         dual = exp.get("dual")
         if dual and dual.get("l1_epochs", 1) + dual.get("finetune_epochs", 2) < 1:
             raise DstError(f"config.experiments[{i}].dual: needs at least one epoch")
+        _check_tl1(exp.get("regularizers", {}).get("tl1"), f"config.experiments[{i}]", dual)
         if not exp.get("regularizers") and not dual:
             continue
         if (exp.get("regularizers") or dual) and "finetune" not in exp:
@@ -85,6 +88,43 @@ def check_experiments(config: dict) -> None:
                            f"control share)")
 
 
+def _check_tl1(spec: dict | None, where: str, dual: dict | None) -> None:
+    """TL1 takes ``lams`` (with ``betas``) or ``sweeps``, not both; β values are unique;
+    stage 3's automatic β and λ need a TL1 sweep to choose from."""
+    if spec is not None:
+        has_sweeps, has_grid = "sweeps" in spec, "lams" in spec or "betas" in spec
+        if has_sweeps == has_grid:
+            raise DstError(f"{where}.regularizers.tl1: give either lams (with betas) or sweeps "
+                           f"(a list of {{beta, lams}}), not {'both' if has_sweeps else 'neither'}")
+        if has_grid and "lams" not in spec:
+            raise DstError(f"{where}.regularizers.tl1: betas given without lams")
+        betas = [b for b, _ in tl1_sweeps(spec)]
+        if len(set(betas)) != len(betas):
+            raise DstError(f"{where}.regularizers.tl1: β values {betas} repeat; give each β once")
+    if dual and spec is None and "auto" in (dual.get("tl1_beta"), dual.get("tl1_lams")):
+        raise DstError(f"{where}.dual: tl1_beta/tl1_lams 'auto' choose from the TL1 sweeps, but "
+                       f"the experiment has no regularizers.tl1; give numbers instead")
+
+
 def fmt(value: float) -> str:
     """Canonical text of a number in paths and tags (``1e-05``, ``0.001``, ``0.9``)."""
     return f"{float(value):g}"
+
+
+def tl1_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
+    """(β, λ values) of each TL1 sweep of a ``regularizers.tl1`` block: its ``sweeps`` entries
+    (one λ grid per β), or every β of ``betas`` (default [1.0]) with the shared ``lams``."""
+    if "sweeps" in spec:
+        return [(float(s["beta"]), list(s["lams"])) for s in spec["sweeps"]]
+    return [(float(beta), list(spec["lams"])) for beta in spec.get("betas", [1.0])]
+
+
+def regularizer_sweeps(exp: dict) -> list[tuple[str, float | None, list[float]]]:
+    """(method, β or None, λ values) of every activation-regulariser sweep of an experiment."""
+    out = []
+    for method, spec in exp.get("regularizers", {}).items():
+        if method == "tl1":
+            out += [("tl1", beta, lams) for beta, lams in tl1_sweeps(spec)]
+        else:
+            out.append((method, None, list(spec["lams"])))
+    return out

@@ -189,7 +189,8 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
             rows.append(row)
     rows += _most_claim(runs, frontier, tl1_exps, tolerance_pp)
     rows += _mac_claims(runs, models, tolerance_pp)
-    rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in tl1_exps]
+    compared = [e for e in tl1_exps if (frontier[frontier.experiment == e].method != "tl1").any()]
+    rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in compared]
     return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
 
 
@@ -550,3 +551,41 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def best_beta_table(frontier: pd.DataFrame) -> pd.DataFrame:
+    """TL1's best β per experiment and accuracy drop (highest mean frontier sparsity), with
+    every β's mean for comparison."""
+    tl1 = frontier[frontier.method == "tl1"]
+    rows = []
+    for (exp, drop), group in tl1.groupby(["experiment", "accuracy_drop_pp"], sort=True):
+        best = group[group.best_beta]
+        means = ", ".join(f"β={r.beta:g}: " + (f"{r.sparsity_mean:.2f}" if r.bracketed
+                                                 else "not bracketed")
+                          for r in group.itertuples())
+        row = {"experiment": exp, "accuracy_drop_pp": drop, "best_beta": math.nan,
+               "sparsity_mean": math.nan, "sparsity_ci_low": math.nan,
+               "sparsity_ci_high": math.nan, "all_betas": means}
+        if not best.empty:
+            b = best.iloc[0]
+            row.update(best_beta=b.beta, sparsity_mean=b.sparsity_mean,
+                       sparsity_ci_low=b.sparsity_ci_low, sparsity_ci_high=b.sparsity_ci_high)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["experiment", "accuracy_drop_pp", "best_beta",
+                                       "sparsity_mean", "sparsity_ci_low", "sparsity_ci_high",
+                                       "all_betas"])
+
+
+def grid_flags(frontier: pd.DataFrame) -> list[str]:
+    """One line per method (and β) whose λ grid does not bracket the largest accuracy drop of
+    the frontier table in every seed."""
+    if frontier.empty:
+        return []
+    worst = frontier[frontier.accuracy_drop_pp == frontier.accuracy_drop_pp.max()]
+    flags = []
+    for r in worst[~worst.bracketed].itertuples():
+        beta = f" (β={r.beta:g})" if r.method == "tl1" else ""
+        flags.append(f"{r.experiment}, {METHOD_LABELS[r.method]}{beta}: the λ grid does not "
+                     f"reach both sides of {r.accuracy_drop_pp:g} pp below the baseline in "
+                     f"every seed ({r.seeds} seed(s) bracket it); its frontier stops there")
+    return flags

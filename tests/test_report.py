@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -34,20 +36,21 @@ def rendered(smoke):
 
 
 def recompute_best(runs: pd.DataFrame, tolerance: float) -> dict:
-    """(experiment, method) -> (lam, top1 %, sparsity %) by the rule the report states."""
+    """(experiment, method, beta) -> (lam, top1 %, sparsity %) by the rule the report states."""
     done = runs[runs.status == "completed"]
     out = {}
     for exp, rows in done.groupby("experiment"):
         base = rows[rows.kind == "baseline"]
         base_top1 = 100 * base.top1.mean()
-        out[(exp, "baseline")] = (None, base_top1, 100 * base.activation_sparsity.mean())
-        for method in ("l1", "hoyer", "tl1"):
-            cand = rows[(rows.kind == "actreg") & (rows.method == method)]
+        out[(exp, "baseline", None)] = (None, base_top1, 100 * base.activation_sparsity.mean())
+        actreg = rows[rows.kind == "actreg"]
+        for (method, beta), cand in actreg.groupby(["method", actreg.beta.fillna(-1)]):
             cand = cand.groupby("lam")[["top1", "activation_sparsity"]].mean() * 100
             cand = cand[cand.top1 >= base_top1 - tolerance]
             if len(cand):
                 lam = cand.activation_sparsity.idxmax()
-                out[(exp, method)] = (lam, cand.top1[lam], cand.activation_sparsity[lam])
+                key = (exp, method, None if beta == -1 else beta)
+                out[key] = (lam, cand.top1[lam], cand.activation_sparsity[lam])
     return out
 
 
@@ -55,52 +58,124 @@ def test_activation_table_matches_recomputation(rendered):
     _, config, soup, runs = rendered
     shown = html_table(soup, "activation-sparsity")
     expected = recompute_best(runs, config["report"]["tolerance_pp"])
-    for (exp, method), (lam, top1, sparsity) in expected.items():
+    assert len(expected) > 3
+    for (exp, method, beta), (lam, top1, sparsity) in expected.items():
         row = shown[(shown.experiment == exp) & (shown.method == method)]
-        assert len(row) == 1, (exp, method)
+        if beta is not None:
+            row = row[row.beta.astype(float) == beta]
+        assert len(row) == 1, (exp, method, beta)
         row = row.iloc[0]
         assert float(row.top1_mean) == pytest.approx(top1, abs=0.006)
         assert float(row.sparsity_mean) == pytest.approx(sparsity, abs=0.006)
         if lam is not None:
             assert float(row.lam) == pytest.approx(lam)
-            base_sparsity = expected[(exp, "baseline")][2]
+            base_sparsity = expected[(exp, "baseline", None)][2]
             assert float(row.gain_vs_baseline_pp) == pytest.approx(sparsity - base_sparsity,
                                                                    abs=0.011)
+            assert float(row.gain_vs_baseline_ci_low) <= float(row.gain_vs_baseline_pp)
+            assert float(row.sparsity_ci_low) <= sparsity <= float(row.sparsity_ci_high)
     csv = pd.read_csv(rendered[0] / "tables/activation_sparsity.csv")
     assert len(csv) == len(shown)
+    for col in ("top1_ci_low", "top1_ci_high", "sparsity_ci_low", "sparsity_ci_high",
+                "gain_vs_control_ci_low", "gain_vs_best_other_ci_high"):
+        assert col in csv.columns
+
+
+def polyline_frontier(points: pd.DataFrame, target: float) -> float:
+    """The frontier value by dense sampling of the polyline (independent of dstcore.stats)."""
+    acc, spars = points.top1.to_numpy() * 100, points.activation_sparsity.to_numpy() * 100
+    best = math.nan
+    for i in range(len(acc) - 1):
+        t = np.linspace(0, 1, 200_001)
+        a = acc[i] + t * (acc[i + 1] - acc[i])
+        hit = np.abs(a - target) <= max(abs(acc[i + 1] - acc[i]), 1e-12) / 200_000
+        if hit.any():
+            value = (spars[i] + t[hit] * (spars[i + 1] - spars[i])).max()
+            best = value if math.isnan(best) else max(best, value)
+    return best
+
+
+def test_frontier_table_matches_recomputation(rendered):
+    results, config, soup, runs = rendered
+    frontier = pd.read_csv(results / "tables/frontier.csv")
+    assert len(html_table(soup, "frontier")) == len(frontier)
+    done = runs[runs.status == "completed"]
+    checked = 0
+    for r in frontier.itertuples():
+        rows = done[done.experiment == r.experiment]
+        target = 100 * rows[rows.kind == "baseline"].top1.mean() - r.accuracy_drop_pp
+        values = []
+        for seed in sorted(rows[rows.kind == "baseline"].seed.unique()):
+            sweep = rows[(rows.seed == seed) & (rows.kind == "actreg") & (rows.method == r.method)]
+            if r.method == "tl1":
+                sweep = sweep[sweep.beta == r.beta]
+            control = rows[(rows.seed == seed) & (rows.kind == "control")]
+            values.append(polyline_frontier(pd.concat([control, sweep.sort_values("lam")]), target))
+        assert r.bracketed == (not any(math.isnan(v) for v in values))
+        if r.bracketed:
+            assert r.sparsity_mean == pytest.approx(np.mean(values), abs=1e-3)
+            checked += 1
+        else:
+            assert math.isnan(r.sparsity_mean)
+    assert checked > 0, "the smoke config should bracket at least one frontier value"
 
 
 def test_dual_table_matches_recomputation(rendered):
     results, _, soup, runs = rendered
     shown = html_table(soup, "dual-sparse")
     dual = runs[(runs.kind == "dual") & (runs.status == "completed")]
-    assert len(shown[shown.kind == "dual"]) == len(dual)
+    configs = dual.groupby(["lam", "beta"])
     shown_dual = shown[shown.kind == "dual"]
-    for _, run in dual.iterrows():
-        row = shown_dual[shown_dual.lam.astype(float) == run.lam].iloc[0]
-        assert float(row.effective_macs) == pytest.approx(run.effective_macs, abs=0.5)
-        assert float(row.mac_reduction_pct) == pytest.approx(
-            100 * (1 - run.effective_macs / run.dense_macs), abs=0.006)
-        assert float(row.weight_sparsity_mean) == pytest.approx(100 * run.weight_sparsity,
-                                                                abs=0.006)
+    assert len(shown_dual) == configs.ngroups
+    for (lam, beta), seeds in configs:
+        row = shown_dual[(shown_dual.lam.astype(float) == lam)
+                         & (shown_dual.beta.astype(float) == beta)].iloc[0]
+        assert int(row.seeds) == len(seeds) == 2
+        assert float(row.effective_macs) == pytest.approx(seeds.effective_macs.mean(), abs=0.5)
+        reduction = 100 * (1 - seeds.effective_macs / seeds.dense_macs)
+        assert float(row.mac_reduction_pct) == pytest.approx(reduction.mean(), abs=0.006)
+        # two seeds: mean +- t(0.975, 1) * s / sqrt(2)
+        half = 12.706205 * reduction.std(ddof=1) / math.sqrt(2)
+        assert float(row.mac_reduction_ci_high) == pytest.approx(reduction.mean() + half,
+                                                                 abs=0.006)
+        assert float(row.weight_sparsity_mean) == pytest.approx(
+            100 * seeds.weight_sparsity.mean(), abs=0.006)
 
 
-def test_paper_vs_reproduced_has_every_claim(rendered):
-    _, config, soup, runs = rendered
+def test_paper_vs_reproduced_has_every_claim_in_both_readings(rendered):
+    results, config, soup, runs = rendered
     shown = html_table(soup, "paper-vs-reproduced")
-    assert list(shown.paper.astype(float)) == [44.04, 27.52, 20.0, 81.7, 84.13]
-    lenet = shown.iloc[0]
-    expected = recompute_best(runs, config["report"]["tolerance_pp"])
-    gain = expected[("lenet5_mnist", "tl1")][2] - expected[("lenet5_mnist", "baseline")][2]
-    assert float(lenet.reproduced) == pytest.approx(gain, abs=0.006)
-    assert lenet.status in ("reproduced", "not reproduced") and "baseline" in lenet.computed_as
-    assert (shown.status.iloc[[1, 3, 4]] == "not run in this configuration").all()
+    csv = pd.read_csv(results / "tables/paper_vs_reproduced.csv")
+    assert list(csv.columns[:9]) == ["claim", "paper_value", "reading", "reference",
+                                     "reproduced_mean", "ci_low", "ci_high", "seeds", "status"]
+    assert len(shown) == len(csv)
+    lenet = csv[csv.claim == "Activation sparsity gain of TL1, LeNet5 / MNIST"]
+    assert set(zip(lenet.reading, lenet.reference, strict=True)) == {
+        ("points", "baseline"), ("points", "control"), ("relative", "baseline"),
+        ("relative", "control")}
+    imagenet = csv[csv.claim.str.contains("ImageNet")]
+    assert len(imagenet) == 4 and (imagenet.status == "not run").all()
+    assert (csv[csv.claim.str.endswith(("ResNet18", "ResNet50"))].status == "not run").all()
+    analogue = csv[csv.claim.str.contains("analogue")]
+    assert list(analogue.experiment) == ["lenet5_mnist"] and analogue.seeds.iloc[0] == 2
+    ordering = csv[csv.claim.str.startswith("TL1 gives the sparsest")]
+    assert set(ordering.experiment) == {"lenet5_mnist"}  # resnet8 has only TL1
+    assert set(ordering.status) <= {"holds", "does not hold", "undecided"}
+    statuses = {"reproduced", "not reproduced", "not run", "not bracketed"}
+    assert set(csv.status) - {"holds", "does not hold", "undecided"} <= statuses
+    # the relative reading of every bracketed gain is points / reference sparsity, per seed
+    frontier = pd.read_csv(results / "tables/frontier.csv")
+    for r in lenet[lenet.status != "not bracketed"].itertuples():
+        assert r.seeds == 2 and r.ci_low <= r.reproduced_mean <= r.ci_high
+        assert r.status == ("reproduced" if r.ci_high >= 44.04 else "not reproduced")
+    assert len(frontier)
 
 
 def test_diverged_run_is_listed_not_plotted(rendered):
     _, _, soup, runs = rendered
     shown = html_table(soup, "diverged")
-    assert list(shown.status) == ["diverged"] and float(shown.lam.iloc[0]) == 1e30
+    assert list(shown.status) == ["diverged"] * 2  # one per seed
+    assert (shown.lam.astype(float) == 1e30).all()
     activation = html_table(soup, "activation-sparsity")
     assert not (activation.lam == "1e+30").any()
 
@@ -110,7 +185,8 @@ def test_every_figure_is_in_the_html_and_on_disk(rendered):
     stems = []
     for exp in config["experiments"]:
         if exp.get("regularizers"):
-            stems += [f"{exp['name']}_tradeoff", f"{exp['name']}_layer_sparsity"]
+            stems += [f"{exp['name']}_{kind}" for kind in ("frontier", "tradeoff",
+                                                             "layer_sparsity")]
         if exp.get("dual"):
             stems.append(f"{exp['name']}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
@@ -140,7 +216,7 @@ def test_latency_table_matches_the_latency_csv(rendered):
         assert float(match.ideal_speedup.iloc[0]) == pytest.approx(row.ideal_speedup, abs=0.006)
     chosen = json.loads((results / "latency/lenet5_mnist/seed0.meta.json").read_text())["runs"]
     assert chosen["baseline"] == "lenet5_mnist/baseline/seed0"
-    assert chosen["best_dual"].startswith("lenet5_mnist/dual/prune0.5/lam")
+    assert chosen["best_dual"].startswith("lenet5_mnist/dual/prune0.5/tl1-beta")
     assert (lat.max_abs_err < 1e-3).all()
 
 

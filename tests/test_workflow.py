@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -11,7 +12,13 @@ from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
 from tests.conftest import job_counts, smoke_config, snakemake
 
 
-def expected_runs(config: dict) -> set[str]:
+def tl1_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
+    if "sweeps" in spec:
+        return [(s["beta"], s["lams"]) for s in spec["sweeps"]]
+    return [(beta, spec["lams"]) for beta in spec.get("betas", [1.0])]
+
+
+def expected_runs(config: dict, results) -> set[str]:
     runs = set()
     for exp in config["experiments"]:
         name = exp["name"]
@@ -19,15 +26,18 @@ def expected_runs(config: dict) -> set[str]:
             runs.add(f"{name}/baseline/seed{seed}")
             runs.add(f"{name}/none/lam0/seed{seed}")
             for method, spec in exp.get("regularizers", {}).items():
-                for beta in spec.get("betas", [None]):
+                grids = tl1_sweeps(spec) if method == "tl1" else [(None, spec["lams"])]
+                for beta, lams in grids:
                     variant = f"tl1-beta{beta:g}" if method == "tl1" else method
-                    runs.update(f"{name}/{variant}/lam{lam:g}/seed{seed}" for lam in spec["lams"])
+                    runs.update(f"{name}/{variant}/lam{lam:g}/seed{seed}" for lam in lams)
             dual = exp.get("dual")
             if dual:
+                choice = json.loads((results / name / "dual/tl1_choice.json").read_text())
                 for rate in dual["prune_rates"]:
-                    runs.add(f"{name}/dual/prune{rate:g}/stage2/seed{seed}")
-                    runs.update(f"{name}/dual/prune{rate:g}/lam{lam:g}/seed{seed}"
-                                for lam in [0, *dual["tl1_lams"]])
+                    prefix = f"{name}/dual/prune{rate:g}"
+                    runs.update({f"{prefix}/stage2/seed{seed}", f"{prefix}/lam0/seed{seed}"})
+                    runs.update(f"{prefix}/tl1-beta{choice['beta']:g}/lam{lam:g}/seed{seed}"
+                                for lam in choice["lams"])
     return runs
 
 
@@ -36,7 +46,7 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
     config = yaml.safe_load(cfg.read_text())
     runs = pd.read_csv(results / "tables/runs.csv")
     assert list(runs.columns) == RUN_COLUMNS
-    assert set(runs.run_dir) == expected_runs(config) and runs.run_dir.is_unique
+    assert set(runs.run_dir) == expected_runs(config, results) and runs.run_dir.is_unique
     ok = runs[runs.status == "completed"]
     for col in ("top1", "activation_sparsity", "weight_sparsity"):
         assert ok[col].between(0, 1).all(), col
@@ -48,8 +58,9 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
                                      "dual"}
     pruned = runs[runs.kind.isin(["pruned", "dual", "dual_control"])]
     assert (pruned.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()
-    tl1 = runs[runs.method == "tl1"]
-    assert (tl1.beta == 1.0).all() and not math.isnan(tl1.lam.iloc[0])
+    tl1 = runs[(runs.method == "tl1") & (runs.experiment == "lenet5_mnist")]
+    assert set(tl1[tl1.kind == "actreg"].beta) == {0.5, 2.0} and tl1.lam.notna().all()
+    assert set(runs.groupby("experiment").seed.nunique()) == {2}
 
     layers = pd.read_csv(results / "tables/layers.csv")
     assert list(layers.columns) == LAYER_COLUMNS
@@ -67,8 +78,8 @@ def test_absurd_lambda_is_kept_as_a_diverged_row(smoke):
     results, _ = smoke
     runs = pd.read_csv(results / "tables/runs.csv")
     bad = runs[runs.lam > 1e20]
-    assert len(bad) == 1 and bad.status.iloc[0] == "diverged"
-    assert bad.diverged_epoch.iloc[0] == 1 and "non-finite" in bad.divergence_reason.iloc[0]
+    assert len(bad) == 2 and (bad.status == "diverged").all()  # one per seed
+    assert (bad.diverged_epoch == 1).all() and bad.divergence_reason.str.contains("non-finite").all()
     assert (runs[runs.lam.fillna(0) < 1e20].status == "completed").all()
 
 
@@ -94,10 +105,23 @@ def test_adding_a_lambda_runs_only_the_new_jobs(smoke, tmp_path):
     proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(more))
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)
-    assert counts.pop("finetune_actreg") == 1 and counts.pop("evaluate") == 1
+    assert counts.pop("finetune_actreg") == 2  # one per seed
     assert counts.pop("aggregate") == 1 and counts.pop("all") == 1
-    # the report, and the latency of the (possibly new) best TL1 model, follow the new table
+    # the report, and the latency of the (possibly new) best TL1 model, follow the new table;
+    # Hoyer runs do not feed stage 3's TL1 choice, so no dual run is redone
     assert set(counts) <= {"report", "measure_latency"}, counts
+
+
+def test_adding_a_tl1_lambda_redoes_the_stage_3_choice(smoke, tmp_path):
+    results, cfg = smoke
+    config = yaml.safe_load(cfg.read_text())
+    config["experiments"][0]["regularizers"]["tl1"]["sweeps"][0]["lams"].append(3.0e-3)
+    more = tmp_path / "more_tl1.yaml"
+    more.write_text(yaml.safe_dump(config))
+    proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(more))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["finetune_actreg"] == 2 and counts["choose_dual_tl1"] == 1
 
 
 def test_paper_config_resolves_the_whole_dag():
@@ -106,7 +130,9 @@ def test_paper_config_resolves_the_whole_dag():
     counts = job_counts(proc.stdout)
     assert counts["train_baseline"] == 10  # lenet5 x 3 seeds + 5 CIFAR-100 + 2 ImageNet
     assert counts["prepare_data"] == 3
-    assert counts["finetune_actreg"] > 100 and counts["dual_tl1"] > 20
+    assert counts["finetune_actreg"] > 100 and counts["dual_control"] > 20
+    # stage 3's TL1 runs follow the choice each experiment's checkpoint makes
+    assert counts["choose_dual_tl1"] == 8 and "dual_tl1" not in counts
 
 
 def test_lint_is_clean():

@@ -1,4 +1,5 @@
 # Config validation, the experiment grid, and the small input/param functions rules use.
+import json
 import os
 import re
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from dstcore import DstError
-from dstcore.pipeline import fmt, validate_config
+from dstcore.pipeline import fmt, regularizer_sweeps, validate_config
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -36,6 +37,7 @@ wildcard_constraints:
     seed=r"\d+",
     lam=NUMBER,
     rate=NUMBER,
+    beta=NUMBER,
     variant=rf"none|l1|hoyer|tl1-beta{NUMBER}",
     dataset=r"[a-z0-9-]+",
     run=rf"{re.escape(RESULTS)}/.+",
@@ -47,41 +49,76 @@ wildcard_constraints:
 def variants(exp):
     """(variant, method, lam, beta) for every activation-regulariser run incl. the lam=0 control."""
     out = [("none", "none", 0.0, None)]
-    for method, spec in exp.get("regularizers", {}).items():
-        for beta in spec.get("betas", [None]) if method == "tl1" else [None]:
-            name = f"tl1-beta{fmt(beta)}" if method == "tl1" else method
-            out += [(name, method, lam, beta) for lam in spec["lams"]]
+    for method, beta, lams in regularizer_sweeps(exp):
+        name = f"tl1-beta{fmt(beta)}" if method == "tl1" else method
+        out += [(name, method, lam, beta) for lam in lams]
     return out
 
 
+def dual_choice(name):
+    """Stage 3's TL1 beta and lams for experiment ``name``: the output of the
+    choose_dual_tl1 checkpoint (the rule is in dstcore.frontier.choose_dual_tl1)."""
+    with open(checkpoints.choose_dual_tl1.get(exp=name).output[0]) as fh:
+        return json.load(fh)
+
+
 def run_dirs(name):
-    """Every run directory of experiment ``name``."""
+    """Every run directory of experiment ``name`` known before any run: all but stage 3's TL1
+    runs (:func:`stage3_dirs`)."""
     exp = EXPERIMENTS[name]
     root = f"{RESULTS}/{name}"
+    dual = exp.get("dual")
     dirs = []
     for seed in exp["seeds"]:
         dirs.append(f"{root}/baseline/seed{seed}")
         if "finetune" in exp:
             dirs += [f"{root}/{v}/lam{fmt(lam)}/seed{seed}" for v, _, lam, _ in variants(exp)]
-        dual = exp.get("dual")
-        if dual:
-            for rate in dual["prune_rates"]:
-                dirs.append(f"{root}/dual/prune{fmt(rate)}/stage2/seed{seed}")
-                dirs += [f"{root}/dual/prune{fmt(rate)}/lam{fmt(lam)}/seed{seed}"
-                         for lam in [0.0, *dual["tl1_lams"]]]
+        for rate in dual["prune_rates"] if dual else []:
+            prefix = f"{root}/dual/prune{fmt(rate)}"
+            dirs += [f"{prefix}/stage2/seed{seed}", f"{prefix}/lam0/seed{seed}"]
     return dirs
 
 
-def all_metrics():
+def stage3_dirs(name):
+    """Stage 3's TL1 run directories of experiment ``name``, once its choice is made."""
+    exp = EXPERIMENTS[name]
+    if not exp.get("dual"):
+        return []
+    choice = dual_choice(name)
+    return [f"{RESULTS}/{name}/dual/prune{fmt(rate)}/tl1-beta{fmt(choice['beta'])}/"
+            f"lam{fmt(lam)}/seed{seed}"
+            for seed in exp["seeds"] for rate in exp["dual"]["prune_rates"]
+            for lam in choice["lams"]]
+
+
+def known_metrics(wildcards):
     return [f"{d}/metrics.json" for name in EXPERIMENTS for d in run_dirs(name)]
 
 
+def stage3_metrics():
+    """One input function per experiment: while a choice is pending, Snakemake waits for that
+    checkpoint there without holding back other runs or other experiments' choices."""
+    return {f"stage3_{name}": lambda wildcards, name=name: [f"{d}/metrics.json"
+                                                             for d in stage3_dirs(name)]
+            for name in EXPERIMENTS if EXPERIMENTS[name].get("dual")}
+
+
+def tl1_choice_inputs(wildcards):
+    """The runs stage 3's TL1 choice reads: baselines, controls and TL1 sweeps, every seed."""
+    exp = EXPERIMENTS[wildcards.exp]
+    root = f"{RESULTS}/{wildcards.exp}"
+    runs = [f"{root}/baseline/seed{seed}" for seed in exp["seeds"]]
+    runs += [f"{root}/{variant}/lam{fmt(lam)}/seed{seed}" for seed in exp["seeds"]
+             for variant, method, lam, _ in variants(exp) if method in ("none", "tl1")]
+    return [f"{run}/metrics.json" for run in runs]
+
+
 def latency_targets():
-    """One latency table per seed of every experiment that asks for it."""
+    """One latency table (the first seed's models) of every experiment that asks for it."""
     if not config["latency"]["enabled"]:
         return []
-    return [f"{RESULTS}/latency/{name}/seed{seed}.csv" for name, exp in EXPERIMENTS.items()
-            if exp.get("latency") for seed in exp["seeds"]]
+    return [f"{RESULTS}/latency/{name}/seed{exp['seeds'][0]}.csv"
+            for name, exp in EXPERIMENTS.items() if exp.get("latency")]
 
 
 def latency_threads():
@@ -102,7 +139,7 @@ def report_figures():
     stems = []
     for name, exp in EXPERIMENTS.items():
         if exp.get("regularizers"):
-            stems += [f"{name}_tradeoff", f"{name}_layer_sparsity"]
+            stems += [f"{name}_frontier", f"{name}_tradeoff", f"{name}_layer_sparsity"]
         if exp.get("dual"):
             stems.append(f"{name}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
@@ -110,8 +147,8 @@ def report_figures():
     return stems
 
 
-REPORT_TABLES = ["activation_sparsity", "dual_sparse", "paper_vs_reproduced", "diverged",
-                 "latency_models"]
+REPORT_TABLES = ["frontier", "activation_sparsity", "dual_sparse", "paper_vs_reproduced",
+                 "diverged", "latency_models"]
 
 
 def report_targets():
@@ -192,14 +229,26 @@ def prune_args(wildcards):
     return f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} {labels}"
 
 
+def dual_control_args(wildcards):
+    """Stage 3's lam = 0 control: the pruned model fine-tuned with the masks fixed, no penalty."""
+    labels = tags(experiment=wildcards.exp, kind="dual_control", method="none", lam=0,
+                  prune_rate=wildcards.rate)
+    return f"{common_args(wildcards, 'finetune')} --set reg.method='none' {labels}"
+
+
 def dual_args(wildcards):
-    dual = EXPERIMENTS[wildcards.exp]["dual"]
-    lam = float(wildcards.lam)
-    reg = {"method": "tl1", "lam": lam, "beta": dual["tl1_beta"]} if lam > 0 else {"method": "none"}
-    labels = tags(experiment=wildcards.exp, kind="dual" if lam > 0 else "dual_control",
-                  method=reg["method"], lam=wildcards.lam, prune_rate=wildcards.rate,
-                  **({"beta": fmt(dual["tl1_beta"])} if lam > 0 else {}))
+    reg = {"method": "tl1", "lam": float(wildcards.lam), "beta": float(wildcards.beta)}
+    labels = tags(experiment=wildcards.exp, kind="dual", method="tl1", lam=wildcards.lam,
+                  beta=wildcards.beta, prune_rate=wildcards.rate)
     return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
+
+
+def dual_choice_params(wildcards):
+    """--beta/--lams of dst choose-tl1: the config's values or auto."""
+    dual = EXPERIMENTS[wildcards.exp]["dual"]
+    lams = dual.get("tl1_lams", "auto")
+    lams = lams if lams == "auto" else " ".join(map(str, lams))
+    return f"--beta {dual.get('tl1_beta', 'auto')} --lams {lams}"
 
 
 def resources_of(key, default):

@@ -27,6 +27,7 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         tolerance=config["report"]["tolerance_pp"],
+        drops="[" + ", ".join(map(str, config["report"]["frontier_drops_pp"])) + "]",
         latency=lambda wildcards, input: "[" + ", ".join(input.latency) + "]",
         tables=lambda wildcards, output: os.path.dirname(output.tables[0]),
         figures=lambda wildcards, output: os.path.join(
@@ -36,4 +37,5 @@ rule report:
         "python -m dstcore.cli render --notebook {input.notebook} --out {output.notebook} "
         "--html {output.html} -p runs_csv {input.runs} -p layers_csv {input.layers} "
         "-p tables_dir {params.tables} -p figures_dir {params.figures} "
-        "-p tolerance_pp {params.tolerance} -p latency_csvs '{params.latency}' > {log} 2>&1"
+        "-p tolerance_pp {params.tolerance} -p frontier_drops_pp '{params.drops}' "
+        "-p latency_csvs '{params.latency}' > {log} 2>&1"

@@ -1,5 +1,7 @@
 # Dual sparse training: stage 2 (weight l1 + magnitude pruning + masked fine-tune) and
-# stage 3 (TL1 on the activations with the masks fixed; lam = 0 is the matching control).
+# stage 3 (TL1 on the activations with the masks fixed, beside a lam = 0 control). Stage 3's
+# TL1 beta and lams are chosen from the activation-regulariser sweeps by a documented rule
+# (dual.tl1_beta / dual.tl1_lams: auto), so they are a checkpoint's output.
 
 
 rule prune_weights:
@@ -11,6 +13,7 @@ rule prune_weights:
     output:
         model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/model.pt",
         summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}.log",
     benchmark:
@@ -24,7 +27,56 @@ rule prune_weights:
         gpu=resources_of("gpu", 0),
     shell:
         "OMP_NUM_THREADS={threads} python -m dstcore.cli prune --from {input.parent} "
-        "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
+        "--out $(dirname {output.model}) --resume --allow-divergence "
+        "--threads {threads} {params.args} > {log} 2>&1"
+
+
+checkpoint choose_dual_tl1:
+    conda:
+        "../../environment.yml"
+    input:
+        tl1_choice_inputs,
+    output:
+        f"{RESULTS}/{{exp}}/dual/tl1_choice.json",
+    log:
+        f"{RESULTS}/logs/{{exp}}/dual/tl1_choice.log",
+    params:
+        # {results}/{exp}/dual/tl1_choice.json -> {results}
+        results=lambda wildcards, output: os.path.dirname(os.path.dirname(os.path.dirname(output[0]))),
+        tolerance=config["report"]["tolerance_pp"],
+        choice=dual_choice_params,
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m dstcore.cli choose-tl1 --experiment {wildcards.exp} --results {params.results} "
+        "--tolerance-pp {params.tolerance} {params.choice} --out {output} {input} > {log} 2>&1"
+
+
+rule dual_control:
+    conda:
+        "../../environment.yml"
+    input:
+        data=prepared_data,
+        parent=stage2_model,
+    output:
+        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/metrics.json",
+    log:
+        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}.tsv"
+    params:
+        args=dual_control_args,
+    threads: config["threads_per_job"]
+    resources:
+        mem_mb=resources_of("mem_mb", 4000),
+        runtime=resources_of("runtime", 60),
+        gpu=resources_of("gpu", 0),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
+        "--out $(dirname {output.model}) --resume --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"
 
 
@@ -35,12 +87,13 @@ rule dual_tl1:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam{{lam}}/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam{{lam}}/seed{{seed}}/train.json",
+        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/metrics.json",
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/lam{{lam}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/lam{{lam}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.tsv"
     params:
         args=dual_args,
     threads: config["threads_per_job"]
@@ -50,5 +103,5 @@ rule dual_tl1:
         gpu=resources_of("gpu", 0),
     shell:
         "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
-        "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
+        "--out $(dirname {output.model}) --resume --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"

@@ -1,5 +1,7 @@
 # Stage 1 (dense baseline) and the activation-regulariser comparison (l1/hoyer/tl1 and lam=0).
-# Runs resume from their own checkpoint.pt, which Snakemake does not delete on failure.
+# Runs resume from their own checkpoint.pt, which Snakemake does not delete on failure. Each run
+# ends with the full evaluation of its model (metrics.json: accuracy, activation and weight
+# sparsity, dense and effective MACs), measured on the last epoch's single test pass.
 
 
 rule train_baseline:
@@ -10,6 +12,7 @@ rule train_baseline:
     output:
         model=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/model.pt",
         summary=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/{{exp}}/baseline/seed{{seed}}.log",
     benchmark:
@@ -23,7 +26,7 @@ rule train_baseline:
         gpu=resources_of("gpu", 0),
     shell:
         "OMP_NUM_THREADS={threads} python -m dstcore.cli train --out $(dirname {output.model}) --resume "
-        "--no-evaluate --allow-divergence --threads {threads} {params.args} > {log} 2>&1"
+        "--allow-divergence --threads {threads} {params.args} > {log} 2>&1"
 
 
 rule finetune_actreg:
@@ -35,6 +38,7 @@ rule finetune_actreg:
     output:
         model=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/model.pt",
         summary=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/metrics.json",
     log:
         f"{RESULTS}/logs/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}.log",
     benchmark:
@@ -48,5 +52,5 @@ rule finetune_actreg:
         gpu=resources_of("gpu", 0),
     shell:
         "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
-        "--out $(dirname {output.model}) --resume --no-evaluate --allow-divergence "
+        "--out $(dirname {output.model}) --resume --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"

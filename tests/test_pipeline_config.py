@@ -64,6 +64,21 @@ CASES = [
     ("experiments", [], r"config.experiments: \[\] is not allowed; expected at least 1 item"),
     ("experiments.0.name", "has space", r"experiments\[0\].name: 'has space' does not match"),
     ("report.tolerance_pp", -1, r"report.tolerance_pp: -1 is not allowed"),
+    ("report.frontier_drops_pp", [-0.5], r"frontier_drops_pp\[0\]: -0.5 is not allowed"),
+    ("experiments.0.dual.tl1_beta", "best", r"dual.tl1_beta: 'best' is not allowed; expected "
+                                            r"'auto' or a number > 0"),
+    ("experiments.0.dual.tl1_lams", 3, r"dual.tl1_lams: 3 is not allowed; expected 'auto' or a "
+                                       r"list of numbers >= 0"),
+    ("experiments.0.regularizers.tl1.sweeps", [{"beta": 1.0}],
+     r"tl1.sweeps\[0\]: 'lams' is a required property"),
+    ("experiments.0.regularizers.tl1.sweeps", [{"beta": 0.0, "lams": [1.0]}],
+     r"tl1.sweeps\[0\].beta: 0.0 is not allowed; expected a number > 0"),
+    ("experiments.0.regularizers.tl1.lams", [1.0],
+     r"regularizers.tl1: give either lams \(with betas\) or sweeps .*not both"),
+    ("experiments.0.regularizers.tl1.sweeps", [{"beta": 1.0, "lams": [1.0]},
+                                               {"beta": 1.0, "lams": [2.0]}],
+     r"regularizers.tl1: β values \[1.0, 1.0\] repeat"),
+    ("experiments.0.finetune.eval_every", -1, r"finetune.eval_every: -1 is not allowed"),
 ]
 
 
@@ -84,6 +99,41 @@ def test_duplicate_experiment_names():
     config["experiments"].append(copy.deepcopy(config["experiments"][0]))
     with pytest.raises(DstError, match="duplicate experiment name.*lenet5_mnist"):
         validate_config(config, SCHEMA)
+
+
+def test_auto_stage3_choice_needs_tl1_sweeps():
+    config = edit("experiments.0.regularizers.tl1", None, delete=True)
+    with pytest.raises(DstError, match=r"experiments\[0\].dual: tl1_beta/tl1_lams 'auto' "
+                                       r"choose from the TL1 sweeps"):
+        validate_config(config, SCHEMA)
+    config["experiments"][0]["dual"].update(tl1_beta=1.0, tl1_lams=[1.0e-3])
+    validate_config(config, SCHEMA)  # fixed numbers need no sweep
+
+
+def test_tl1_grids_expand_per_beta():
+    from dstcore.pipeline import regularizer_sweeps
+
+    exp = {"regularizers": {"l1": {"lams": [1.0]},
+                            "tl1": {"sweeps": [{"beta": 0.1, "lams": [1.0, 2.0]},
+                                               {"beta": 10.0, "lams": [3.0]}]}}}
+    assert regularizer_sweeps(exp) == [("l1", None, [1.0]), ("tl1", 0.1, [1.0, 2.0]),
+                                       ("tl1", 10.0, [3.0])]
+    shared = {"regularizers": {"tl1": {"lams": [1.0], "betas": [0.5, 2.0]}}}
+    assert regularizer_sweeps(shared) == [("tl1", 0.5, [1.0]), ("tl1", 2.0, [1.0])]
+    assert regularizer_sweeps({"regularizers": {"tl1": {"lams": [1.0]}}}) == [("tl1", 1.0, [1.0])]
+
+
+def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
+    from dstcore.pipeline import regularizer_sweeps
+
+    config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()), SCHEMA)
+    for exp in config["experiments"]:
+        assert len(exp["seeds"]) >= 3, exp["name"]
+        betas = [b for m, b, _ in regularizer_sweeps(exp) if m == "tl1"]
+        assert len(betas) >= 3 and max(betas) / min(betas) >= 100, exp["name"]
+        assert exp["dual"]["tl1_beta"] == "auto"
+    smoke_seeds = [len(e["seeds"]) for e in smoke()["experiments"]]
+    assert min(smoke_seeds) == 2
 
 
 def test_data_root_must_exist(tmp_path):

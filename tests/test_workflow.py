@@ -6,6 +6,7 @@ import json
 import math
 
 import pandas as pd
+import pytest
 import yaml
 
 from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
@@ -149,3 +150,26 @@ def test_bad_config_stops_snakemake_with_one_line(tmp_path):
     assert proc.returncode != 0
     assert ("invalid config: config.experiments[0].regularizers.tl1.betas[0]: -1.0 is not "
             "allowed; expected a number > 0") in proc.stdout + proc.stderr
+
+
+def test_stage_3_runs_the_tl1_choice_of_the_documented_rule(smoke):
+    results, cfg = smoke
+    tolerance = yaml.safe_load(cfg.read_text())["report"]["tolerance_pp"]
+    choice = json.loads((results / "lenet5_mnist/dual/tl1_choice.json").read_text())
+    runs = pd.read_csv(results / "tables/runs.csv")
+    lenet = runs[(runs.experiment == "lenet5_mnist") & (runs.status == "completed")]
+    target = 100 * lenet[lenet.kind == "baseline"].top1.mean() - tolerance
+    frontier = pd.read_csv(results / "tables/frontier.csv")
+    at = frontier[(frontier.experiment == "lenet5_mnist") & (frontier.method == "tl1")
+                  & (frontier.accuracy_drop_pp == tolerance) & frontier.bracketed]
+    if len(at):  # rule 1: the β with the best frontier at the tolerance
+        assert choice["beta"] == at.sort_values("sparsity_mean").beta.iloc[-1]
+    sweep = lenet[(lenet.kind == "actreg") & (lenet.method == "tl1")
+                  & (lenet.beta == choice["beta"])].groupby("lam").top1.mean() * 100
+    within = sweep[sweep >= target - 1e-9].index
+    expected = [within.max(), *[lam for lam in sweep.index if lam > within.max()][:1]] \
+        if len(within) else [sweep.index.min()]
+    assert choice["lams"] == pytest.approx(expected)
+    dual = runs[runs.kind == "dual"]
+    assert set(dual.beta) == {choice["beta"]} and set(dual.lam) == set(choice["lams"])
+    assert len(dual) == 2 * len(choice["lams"])  # every seed

@@ -7,9 +7,10 @@ convolution with no max-pool; the stem takes as many channels as the input has.
 
 from __future__ import annotations
 
-import torchvision.models as tvm
 from torch import nn
-from torchvision.models.googlenet import BasicConv2d
+
+# torchvision is imported inside the builders: importing it costs about a second per process,
+# and most pipeline jobs (LeNet5, ResNet-8/20) never need it.
 
 SMALL_INPUT = 64  # inputs at most this high get the CIFAR stem
 
@@ -20,6 +21,8 @@ def _small(shape: tuple[int, int, int]) -> bool:
 
 def tv_resnet(name: str, shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """torchvision ResNet ``name`` (resnet18/34/50)."""
+    import torchvision.models as tvm
+
     model = getattr(tvm, name)(weights=None, num_classes=num_classes)
     if _small(shape):
         model.conv1 = nn.Conv2d(shape[0], 64, 3, 1, 1, bias=False)
@@ -31,6 +34,9 @@ def tv_resnet(name: str, shape: tuple[int, int, int], num_classes: int) -> nn.Mo
 
 def googlenet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """torchvision GoogLeNet without auxiliary classifiers."""
+    import torchvision.models as tvm
+    from torchvision.models.googlenet import BasicConv2d
+
     model = tvm.googlenet(weights=None, num_classes=num_classes, aux_logits=False,
                           init_weights=True, transform_input=False)
     if _small(shape):
@@ -44,6 +50,8 @@ def googlenet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
 
 def tv_densenet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """torchvision DenseNet-121."""
+    import torchvision.models as tvm
+
     model = tvm.densenet121(weights=None, num_classes=num_classes)
     if _small(shape):
         model.features.conv0 = nn.Conv2d(shape[0], 64, 3, 1, 1, bias=False)

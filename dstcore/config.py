@@ -68,7 +68,6 @@ class TrainConfig:
     deterministic: bool = True
     collapse_factor: float = 1.5  # a fine-tune whose accuracy falls to <= this x chance diverged
     eval_every: int = 1  # evaluate the test set every k epochs and after the last (0: last only)
-    channels_last: bool = False  # NHWC memory format for convolutions (faster on CPUs for CNNs)
 
 
 @dataclass

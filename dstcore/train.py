@@ -248,8 +248,6 @@ def start_session(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | P
         if masks_fixed:
             fix_masks_from_zeros(model)
     model.to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
     act_layers = activation_layers(model, bundle.input_shape)
     penalty = None
     if cfg.reg.method != "none":

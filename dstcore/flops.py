@@ -30,22 +30,29 @@ def dense_macs(module: nn.Module, x: Tensor, y: Tensor) -> int:
     return y.numel() * module.in_features
 
 
+def nonzero_map(x: Tensor) -> Tensor:
+    """Non-zero count of each input position over the batch: (x != 0) summed over dim 0."""
+    return (x != 0).sum(0, dtype=torch.int64)
+
+
 @torch.no_grad()
-def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1
-                ) -> tuple[int, int]:
+def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, groups=1,
+                nonzero: Tensor | None = None) -> tuple[int, int]:
     """(dense, effective) multiplications of conv2d(x [N,C,H,W], weight) for the whole batch.
 
     Effective: products whose input and weight are both non-zero; zero padding adds none.
     Summed over images and output positions first, the count is sum_(c,i,j) K[c,i,j] S[c,i,j]:
     K = non-zero weights of channel c's group at tap (i, j) over its output channels, S = non-zero
     inputs of channel c that tap (i, j) meets over all outputs. Integer arithmetic, exact.
+    ``nonzero``: :func:`nonzero_map` of ``x`` when the caller already has it.
     """
     (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
     c_out, c_in_g, kh, kw = weight.shape
     n, c_in, h, w = x.shape
     out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    nonzero = F.pad((x != 0).sum(0, dtype=torch.int64), (pw, pw, ph, ph))  # [C, H+2p, W+2p]
+    nonzero = nonzero_map(x) if nonzero is None else nonzero
+    nonzero = F.pad(nonzero, (pw, pw, ph, ph))  # [C, H+2p, W+2p]
     taps = torch.stack([
         nonzero[:, i * dh:i * dh + (out_h - 1) * sh + 1:sh,
                 j * dw:j * dw + (out_w - 1) * sw + 1:sw].sum((1, 2))
@@ -60,41 +67,53 @@ def _pair(value) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def linear_macs(x: Tensor, weight: Tensor) -> tuple[int, int]:
-    """(dense, effective) multiplications of x [..., in] @ weight[out, in].T for the batch."""
+def linear_macs(x: Tensor, weight: Tensor, nonzero: Tensor | None = None) -> tuple[int, int]:
+    """(dense, effective) multiplications of x [..., in] @ weight[out, in].T for the batch
+    (``nonzero``: :func:`nonzero_map` of ``x``, when already computed)."""
     rows = x.reshape(-1, weight.shape[1])
-    nz_inputs = (rows != 0).sum(0, dtype=torch.int64)
+    nonzero = nonzero_map(x) if nonzero is None else nonzero
+    nz_inputs = nonzero.reshape(-1, weight.shape[1]).sum(0)
     nz_weights = (weight != 0).sum(0, dtype=torch.int64)
     return rows.shape[0] * weight.numel(), int((nz_inputs * nz_weights).sum().item())
 
 
 @torch.no_grad()
-def effective_macs(module: nn.Module, x: Tensor) -> int:
-    """Products with a non-zero weight AND a non-zero input, summed over the batch ``x``."""
+def effective_macs(module: nn.Module, x: Tensor, nonzero: Tensor | None = None) -> int:
+    """Products with a non-zero weight AND a non-zero input, summed over the batch ``x``
+    (``nonzero``: :func:`nonzero_map` of ``x``, when already computed)."""
     if isinstance(module, nn.Conv2d):
         padding = module.padding
         if module.padding_mode != "zeros":  # padded values are copies of inputs, not zeros
             x = F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
-            padding = 0
+            padding, nonzero = 0, None
         return conv2d_macs(x, module.weight, module.stride, padding, module.dilation,
-                           module.groups)[1]
-    return linear_macs(x, module.weight)[1]
+                           module.groups, nonzero)[1]
+    return linear_macs(x, module.weight, nonzero)[1]
 
 
 class MacCounter:
-    """Forward hooks that add up dense and effective MACs per layer over the batches seen."""
+    """Forward hooks that add up dense and effective MACs per layer over the batches seen.
+
+    With ``effective`` it also counts each layer's non-zero inputs (``input_nonzero`` of
+    ``input_elements``), from the same pass over the input, so callers need not count again.
+    """
 
     def __init__(self, model: nn.Module, effective: bool = True) -> None:
         self.layers = weighted_layers(model)
         self.effective = effective
         self.dense = {n: 0 for n, _ in self.layers}
         self.nonzero = {n: 0 for n, _ in self.layers}
+        self.input_nonzero = {n: 0 for n, _ in self.layers}
+        self.input_elements = {n: 0 for n, _ in self.layers}
         self.images = 0
 
     def _observe(self, name: str, module: nn.Module, x: Tensor, y: Tensor) -> None:
         self.dense[name] += dense_macs(module, x, y)
         if self.effective:
-            self.nonzero[name] += effective_macs(module, x)
+            nonzero = nonzero_map(x)
+            self.input_nonzero[name] += int(nonzero.sum())
+            self.input_elements[name] += x.numel()
+            self.nonzero[name] += effective_macs(module, x, nonzero)
 
     @contextmanager
     def observing(self) -> Iterator[MacCounter]:

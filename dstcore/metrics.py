@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -55,17 +54,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     correct, seen, loss_sum = [0] * len(ks), 0, 0.0
     sparsity = SparsityCounter(act_layers)
     macs = MacCounter(model, effective=True)
-    with register_hooks(act_layers, sparsity.observe):
-        ctx = macs.observing() if count_macs else nullcontext()
-        with ctx:
-            for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-                for i, c in enumerate(topk_correct(logits, y, ks)):
-                    correct[i] += c
-                seen += len(y)
+    # Counting MACs visits every layer's input already: take the zeros from there.
+    hooks = macs.observing() if count_macs else register_hooks(act_layers, sparsity.observe)
+    with hooks:
+        for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            for i, c in enumerate(topk_correct(logits, y, ks)):
+                correct[i] += c
+            seen += len(y)
     sparsity.images = macs.images = seen
+    if count_macs:
+        for name, _ in act_layers:
+            sparsity.elements[name] = macs.input_elements[name]
+            sparsity.zeros[name] = macs.input_elements[name] - macs.input_nonzero[name]
     out = {"top1": correct[0] / max(seen, 1), "loss": loss_sum / max(seen, 1), "images": seen,
            "activation_sparsity": sparsity.summary()}
     if len(ks) > 1:

@@ -365,17 +365,19 @@ def frontier_figure(runs: pd.DataFrame, experiment: str, tolerance_pp: float,
     drops = np.linspace(0.0, max_drop_pp, 41)
     keys = sweep_keys(rows)
     tl1_betas = [b for m, b in keys if m == "tl1"]
-    greens = sns.light_palette(METHOD_COLORS["tl1"], n_colors=len(tl1_betas) + 2)[2:]
+    greens = sns.dark_palette(METHOD_COLORS["tl1"], n_colors=len(tl1_betas) + 1, reverse=True)
+    dashes = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for method, beta in keys:
         values = [summarise(frontier_values(rows, method, beta, reference - d)) for d in drops]
         mean = np.array([ci.mean for ci, _ in values])
         low = np.array([ci.low if n_ok else np.nan for ci, n_ok in values])
         high = np.array([ci.high if n_ok else np.nan for ci, n_ok in values])
-        color = greens[tl1_betas.index(beta)] if method == "tl1" else METHOD_COLORS[method]
+        index = tl1_betas.index(beta) if method == "tl1" else 0
+        color = greens[index] if method == "tl1" else METHOD_COLORS[method]
         label = METHOD_LABELS[method] + (f" (β={beta:g})" if method == "tl1" else "")
-        ax.plot(drops, mean, color=color, label=label, lw=1.8)
-        ax.fill_between(drops, low, high, color=color, alpha=0.18, lw=0)
+        ax.plot(drops, mean, color=color, label=label, lw=1.8, ls=dashes[index % len(dashes)])
+        ax.fill_between(drops, low, high, color=color, alpha=0.12, lw=0)
     base = rows[rows.kind == "baseline"].sparsity_pct.mean()
     ax.axhline(base, color=METHOD_COLORS["baseline"], ls="--", lw=1,
                label=f"{METHOD_LABELS['baseline']}: {base:.1f}%")

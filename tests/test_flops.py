@@ -110,3 +110,17 @@ def test_mac_counter_averages_per_image_and_reduction():
     assert s["layers"]["0"]["effective"] == 0  # zero weights
     assert s["layers"]["2"]["effective"] == 0  # zero inputs
     assert s["reduction_pct"] == pytest.approx(100.0)
+
+
+def test_evaluation_with_macs_counts_the_same_zeros_as_without():
+    from dstcore.metrics import evaluate
+    from dstcore.sparsity.activations import activation_layers
+
+    torch.manual_seed(4)
+    model = build_model("resnet8", (1, 12, 12), 10).eval()
+    layers = activation_layers(model, (1, 12, 12))
+    batches = [(torch.randn(5, 1, 12, 12), torch.randint(0, 10, (5,))) for _ in range(3)]
+    plain = evaluate(model, batches, torch.device("cpu"), layers, 10)
+    counted = evaluate(model, batches, torch.device("cpu"), layers, 10, count_macs=True)
+    assert counted["activation_sparsity"] == plain["activation_sparsity"]
+    assert 0 < plain["activation_sparsity"]["overall"] < 1

@@ -167,6 +167,9 @@ def choose_dual_tl1(runs: pd.DataFrame, experiment: str, tolerance_pp: float,
         chosen_lams, lam_rule = [float(v) for v in lams], "fixed in the config"
     else:
         sweep_means = means[means.beta == chosen].sort_values("lam")
+        if sweep_means.empty:
+            raise ValueError(f"{experiment}: dual.tl1_lams is auto but no TL1 run at β = "
+                             f"{chosen:g} completed to choose from")
         within = sweep_means[sweep_means.top1_pct >= target - 1e-9]
         if within.empty:
             chosen_lams = [float(sweep_means.lam.iloc[0])]

@@ -70,3 +70,18 @@ def test_console_script_prepare(tmp_path, data_root):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(out.read_text())
     assert manifest["train_size"] == 60000 and manifest["train_pixel_mean"] == 0.1307
+
+
+def test_choose_tl1_from_runs_without_tl1_is_one_line(base, tmp_path, capsys):
+    out = tmp_path / "choice.json"
+    code = main(["choose-tl1", "--experiment", "", "--results", str(base.parent), "--out",
+                 str(out), str(base / "metrics.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err == "dst choose-tl1: error: : dual.tl1_beta is auto but no TL1 run completed"
+
+
+def test_choose_tl1_rejects_a_beta_that_is_not_a_number(base, tmp_path, capsys):
+    code = main(["choose-tl1", "--experiment", "x", "--results", str(base.parent), "--beta",
+                 "large", "--out", str(tmp_path / "c.json"), str(base / "metrics.json")])
+    assert code == 2 and "'large' is not 'auto' or a number" in capsys.readouterr().err

@@ -110,3 +110,12 @@ def test_choose_dual_tl1_by_the_rule():
     assert choice["beta"] == 1.0 and choice["lams"] == [1.0, 2.0]
     fixed = choose_dual_tl1(make_runs(), "lenet5_mnist", 0.5, beta=10.0, lams=[3.0])
     assert (fixed["beta"], fixed["lams"]) == (10.0, [3.0])
+
+
+def test_choose_dual_tl1_says_when_there_is_nothing_to_choose_from():
+    with pytest.raises(ValueError, match="no TL1 run at β = 5 completed"):
+        choose_dual_tl1(make_runs(), "lenet5_mnist", 0.5, beta=5.0)
+    no_tl1 = make_runs()
+    no_tl1 = no_tl1[no_tl1.method != "tl1"]
+    with pytest.raises(ValueError, match="tl1_beta is auto but no TL1 run completed"):
+        choose_dual_tl1(no_tl1, "lenet5_mnist", 0.5)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dstcore import DstError
+from dstcore import DstError, error_line
 from dstcore.io import write_with
 from dstcore.models import build_model
 
 FORMAT = "dstcore-model-v1"
+# Fields every saved model has, with their types (checked when reading).
+PAYLOAD_TYPES = {"model": str, "dataset": str, "input_shape": list, "num_classes": int,
+                 "masks_fixed": bool, "config": dict, "stage": str, "status": str,
+                 "state_dict": dict}
 
 
 def save_model(path: str | Path, model: nn.Module, *, model_name: str, dataset: str,
@@ -28,23 +33,47 @@ def save_model(path: str | Path, model: nn.Module, *, model_name: str, dataset: 
     write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
+def safe_load(path: str | Path, device: torch.device | str) -> object:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, so no
+    code in the file can run. torch's warnings about unusual pickle protocols are silenced
+    (the caller reports a refused file in one line)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location=device, weights_only=True)
+
+
 def read_model(path: str | Path) -> dict:
-    """The saved payload of a ``model.pt``; errors name the file."""
+    """The saved payload of a ``model.pt``, read without running any code in the file.
+
+    Anything that is not a dstcore model (crafted, truncated, another format) is a
+    :class:`DstError` of one line naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DstError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for corrupt files
-        raise DstError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        payload = safe_load(path, "cpu")
+    except Exception as err:  # torch raises many types for corrupt or unsafe files
+        raise DstError(f"checkpoint {path} cannot be read ({error_line(err)})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DstError(f"{path} is not a dstcore model (expected format {FORMAT})")
+    wrong = [k for k, t in PAYLOAD_TYPES.items() if not isinstance(payload.get(k), t)]
+    config = payload["config"] if isinstance(payload.get("config"), dict) else {}
+    wrong += [f"config.{k}" for k in ("data", "model") if not isinstance(config.get(k), dict)]
+    if wrong:
+        raise DstError(f"{path} is not a valid dstcore model (missing or mistyped: "
+                       f"{', '.join(wrong)})")
     return payload
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved at ``path``; returns (model on CPU, metadata)."""
     payload = read_model(path)
-    model = build_model(payload["model"], tuple(payload["input_shape"]), payload["num_classes"])
-    model.load_state_dict(payload.pop("state_dict"))
+    try:
+        model = build_model(payload["model"], tuple(payload["input_shape"]),
+                            payload["num_classes"])
+        model.load_state_dict(payload.pop("state_dict"))
+    except (DstError, RuntimeError, TypeError, ValueError, KeyError) as err:
+        raise DstError(f"{path}: its weights do not fit its model ({error_line(err)})") from err
     return model, payload
+

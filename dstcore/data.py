@@ -307,8 +307,14 @@ def _download(spec: DatasetSpec, cache_dir: Path) -> None:
     import torchvision.datasets as tvd
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
-           "cifar100": tvd.CIFAR100}[spec.name]
+    if spec.kind == "cifar":  # fetch and check the archive only: constructing the class unpickles
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        cls = tvd.CIFAR10 if spec.name == "cifar10" else tvd.CIFAR100
+        download_and_extract_archive(cls.url, str(cache_dir), filename=cls.filename,
+                                     md5=cls.tgz_md5)
+        return
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[spec.name]
     cls(root=str(cache_dir), train=True, download=True)
 
 
@@ -399,26 +405,74 @@ def image_transforms(spec: DatasetSpec, train: bool):
     return T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
 
 
+class CifarImages(Dataset):
+    """CIFAR images ``(N, 32, 32, 3)`` uint8 with integer labels, transformed as PIL images."""
+
+    def __init__(self, data: np.ndarray, targets: list[int], transform) -> None:
+        self.data, self.targets, self.transform = data, targets, transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+# The only globals a CIFAR python-version batch needs: numpy arrays and their dtypes.
+_UNPICKLE_ALLOWED = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays; refuses any other object."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _UNPICKLE_ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR batch file: images ``(N, 32, 32, 3)`` uint8 and their labels."""
+    with open(path, "rb") as fh:
+        entry = _ArrayUnpickler(fh, encoding="latin1").load()
+    labels = entry.get("labels", entry.get("fine_labels"))
+    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    if labels is None or len(labels) != len(data):
+        raise KeyError(f"{path.name} has no labels for its {len(data)} images")
+    return data.transpose(0, 2, 3, 1), [int(y) for y in labels]
+
+
 def _load_cifar(spec: DatasetSpec, folder: Path, verify: bool) -> tuple[Dataset, Dataset]:
+    """The python-version archive read without running any code in it; md5-checked with
+    ``verify`` (torchvision's file list and hashes)."""
     import torchvision.datasets as tvd
+    from torchvision.datasets.utils import check_integrity
 
     base = tvd.CIFAR10 if spec.name == "cifar10" else tvd.CIFAR100
 
-    class Cifar(base):  # type: ignore[misc, valid-type]
-        """torchvision's class; with ``verify`` off only the files' presence is checked."""
-
-        if not verify:
-            train_list = [[name, None] for name, _ in base.train_list]
-            test_list = [[name, None] for name, _ in base.test_list]
-            meta = {**base.meta, "md5": None}
+    def split(files: list[list[str]], train: bool) -> CifarImages:
+        parts = []
+        for name, md5 in files:
+            path = folder / spec.folder / name
+            if verify and not check_integrity(str(path), md5):
+                raise ValueError(f"{name} is missing or its md5 differs")
+            parts.append(_read_cifar_batch(path))
+        data = np.concatenate([p[0] for p in parts])
+        return CifarImages(data, [y for p in parts for y in p[1]], image_transforms(spec, train))
 
     try:
-        train = Cifar(str(folder), train=True, transform=image_transforms(spec, True))
-        test = Cifar(str(folder), train=False, transform=image_transforms(spec, False))
-    except (RuntimeError, OSError, pickle.UnpicklingError, KeyError, EOFError) as err:
+        return split(base.train_list, True), split(base.test_list, False)
+    except (ValueError, OSError, pickle.UnpicklingError, KeyError, EOFError, TypeError,
+            AttributeError) as err:
         raise DstError(f"{folder / spec.folder}: not a valid {spec.name} python-version "
-                       f"archive ({err}); set verify: false only for local re-packs") from err
-    return train, test
+                       f"archive ({type(err).__name__}: {err}); set verify: false only for "
+                       f"local re-packs") from err
 
 
 def _load_imagenet(spec: DatasetSpec, folder: Path) -> tuple[Dataset, Dataset]:

@@ -15,6 +15,7 @@ resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import statistics
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dstcore import DstError
-from dstcore.checkpoint import read_model, save_model
+from dstcore import DstError, error_line
+from dstcore.checkpoint import read_model, safe_load, save_model
 from dstcore.config import RunConfig, validate
 from dstcore.data import DataBundle, load_dataset, make_loader
 from dstcore.io import write_json, write_text, write_with, write_yaml
@@ -48,6 +49,8 @@ from dstcore.sparsity.pruning import (
 from dstcore.sparsity.regularizers import ActivationPenalty
 
 STAGES = ("train", "finetune", "prune")
+CHECKPOINT_FORMAT = "dstcore-checkpoint-v2"  # what resume accepts (checkpoint.pt)
+CHECKPOINT_REJECTED = "checkpoint.pt.rejected"  # where a file resume refuses is moved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -239,6 +242,19 @@ def start_session(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | P
     if bundle is None:
         bundle = load_dataset(d.dataset, d.data_root, d.cache_dir, d.download, d.verify,
                               d.train_subset, d.test_subset, d.subset_seed)
+    session = _new_session(cfg, stage, out_dir, init, parent, bundle, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(out_dir / "config.yaml", {"stage": stage, "from": str(init) if init else None,
+                                         **cfg.to_dict()})
+    if resume and session.checkpoint.exists() and not _resume(session):
+        session = _new_session(cfg, stage, out_dir, init, parent, bundle, device)
+    write_text(out_dir / "log.jsonl", "".join(_jsonl(h) for h in session.history))
+    return session
+
+
+def _new_session(cfg: RunConfig, stage: str, out_dir: Path, init: Path | None,
+                 parent: dict | None, bundle: DataBundle, device: torch.device) -> Session:
+    """A session at epoch 0: the model seeded from ``cfg`` (or the parent's weights)."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, bundle.input_shape, bundle.num_classes)
     masks_fixed = False
@@ -253,29 +269,52 @@ def start_session(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | P
     if cfg.reg.method != "none":
         penalty = ActivationPenalty(act_layers, cfg.reg.method, cfg.reg.beta,
                                     cfg.reg.layer_weights)
-    session = Session(cfg, stage, out_dir, init, parent, bundle, device, model,
-                      make_optimizer(model, cfg), act_layers, penalty, masks_fixed, [])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_yaml(out_dir / "config.yaml", {"stage": stage, "from": str(init) if init else None,
-                                         **cfg.to_dict()})
-    if resume and session.checkpoint.exists():
-        _resume(session)
-    write_text(out_dir / "log.jsonl", "".join(_jsonl(h) for h in session.history))
-    return session
+    return Session(cfg, stage, out_dir, init, parent, bundle, device, model,
+                   make_optimizer(model, cfg), act_layers, penalty, masks_fixed, [])
 
 
-def _resume(s: Session) -> None:
-    state = torch.load(s.checkpoint, map_location=s.device, weights_only=False)
-    if state.get("config_hash") != s.cfg.semantic_hash() or state.get("stage") != s.stage:
-        _say(f"{s.out_dir}: checkpoint was made with another config; starting over")
-        return
-    if state["pruned"]:
-        identity_masks(s.model)
-    s.model.load_state_dict(state["model"])
-    s.optimizer = make_optimizer(s.model, s.cfg)
-    s.optimizer.load_state_dict(state["optimizer"])
-    s.start, s.history, s.elapsed_before = state["epoch"], state["history"], state["elapsed"]
+def _resume(s: Session) -> bool:
+    """Continue from ``s.checkpoint``; False when the run must start over from a fresh model.
+
+    The file is read with ``weights_only=True`` (no code in it can run). A file that is not a
+    checkpoint of this run's layout is moved aside to ``checkpoint.pt.rejected``.
+    """
+    try:
+        state = safe_load(s.checkpoint, s.device)
+        history = _check_checkpoint(state, s.epochs)
+        if state["config_hash"] != s.cfg.semantic_hash() or state["stage"] != s.stage:
+            _say(f"{s.out_dir}: checkpoint was made with another config; starting over")
+            return False
+        if state["pruned"]:
+            identity_masks(s.model)
+        s.model.load_state_dict(state["model"])
+        s.optimizer = make_optimizer(s.model, s.cfg)
+        s.optimizer.load_state_dict(state["optimizer"])
+    except Exception as err:  # any failure means the file is not a checkpoint of this run
+        rejected = s.checkpoint.with_name(CHECKPOINT_REJECTED)
+        os.replace(s.checkpoint, rejected)
+        _say(f"{s.checkpoint}: not a valid checkpoint ({error_line(err)}); "
+             f"moved to {rejected.name}, starting over")
+        return False
+    s.start, s.history, s.elapsed_before = state["epoch"], history, state["elapsed"]
     _say(f"{s.out_dir}: resuming after epoch {s.start}")
+    return True
+
+
+def _check_checkpoint(state: object, epochs: int) -> list[dict]:
+    """Check a loaded checkpoint's fields and types; return its history (one dict per epoch)."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not a {CHECKPOINT_FORMAT} file")
+    types = {"epoch": int, "model": dict, "optimizer": dict, "history": str, "elapsed": float,
+             "config_hash": str, "stage": str, "pruned": bool}
+    wrong = [k for k, t in types.items() if not isinstance(state.get(k), t)]
+    if wrong:
+        raise ValueError(f"missing or mistyped fields: {', '.join(wrong)}")
+    history = json.loads(state["history"])
+    if not (0 < state["epoch"] <= epochs and isinstance(history, list)
+            and len(history) == state["epoch"] and all(isinstance(h, dict) for h in history)):
+        raise ValueError(f"epoch {state['epoch']} does not match its history")
+    return history
 
 
 def train_epochs(s: Session, final_eval: bool) -> dict | None:
@@ -378,9 +417,10 @@ def _collapsed(s: Session, top1: float | None) -> bool:
 
 
 def _save_checkpoint(s: Session, epoch: int, elapsed: float) -> None:
-    checkpoint = {"epoch": epoch + 1, "model": s.model.state_dict(),
-                  "optimizer": s.optimizer.state_dict(), "history": s.history,
-                  "elapsed": elapsed, "config_hash": s.cfg.semantic_hash(), "stage": s.stage,
+    checkpoint = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1,
+                  "model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                  "history": json.dumps(s.history), "elapsed": float(elapsed),
+                  "config_hash": s.cfg.semantic_hash(), "stage": s.stage,
                   "pruned": has_masks(s.model)}
     write_with(s.checkpoint, lambda tmp: torch.save(checkpoint, tmp))
     with open(s.out_dir / "log.jsonl", "a") as fh:
@@ -461,6 +501,4 @@ def _phase(s: Session, epoch: int) -> str:
 
 
 def _jsonl(obj: dict) -> str:
-    import json
-
     return json.dumps(obj) + "\n"

@@ -21,3 +21,24 @@ def test_pyproject_and_environment_agree():
     assert python == "python=3.11" and "3.11" in project["requires-python"]
     assert spec(project["dependencies"])["torch"] == "==2.14.1"
     assert spec(project["dependencies"])["torchvision"] == "==0.29.1"
+
+
+def test_no_tracked_file_names_a_machine_path():
+    """Data is found through DST_DATA_ROOT or a path relative to the checkout, never through
+    an absolute path of one particular machine."""
+    import re
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files"], capture_output=True, text=True,
+                           check=True).stdout.split()
+    pattern = re.compile(r"(?<![\w.])/(work|home/\w+|Users/\w+)/")
+    hits = [f"{name}:{n}" for name in files if not name.endswith((".ipynb", ".png", ".svg"))
+            and (ROOT / name).is_file()
+            for n, line in enumerate((ROOT / name).read_text(errors="ignore").splitlines(), 1)
+            if pattern.search(line)]
+    assert not hits, f"absolute machine paths in tracked files: {hits}"

@@ -18,7 +18,7 @@
 # installed, DST_SKIP_SLURM=1); non-zero = failed (a line "FAIL: <reason>").
 #
 # Environment:
-#   DST_DATA_ROOT        offline MNIST/Fashion-MNIST (default: ../shared/data, /work/shared/data)
+#   DST_DATA_ROOT        offline MNIST/Fashion-MNIST (default: ../shared/data or data/, relative to the checkout)
 #   DST_SLURM_TIMEOUT    seconds allowed for each snakemake run (default 1800)
 #   DST_SLURM_KEEP=1     keep the temp folder on success too (it is always kept on failure)
 #   DST_SLURM_SNAKEMAKE_ARGS  extra arguments for the SLURM run only (e.g. "--cores 8" to try a
@@ -56,7 +56,7 @@ SNAKEMAKE="$ROOT/.venv/bin/snakemake"
 
 # Datasets: the jobs run offline, so the data must be on this machine.
 if [ -z "${DST_DATA_ROOT:-}" ]; then
-  for candidate in ../shared/data /work/shared/data data; do
+  for candidate in ../shared/data data; do  # relative to the checkout
     if [ -d "$candidate/mnist" ] && [ -d "$candidate/fashion-mnist" ]; then
       DST_DATA_ROOT="$(cd "$candidate" && pwd)"
       break
@@ -64,7 +64,7 @@ if [ -z "${DST_DATA_ROOT:-}" ]; then
   done
 fi
 [ -n "${DST_DATA_ROOT:-}" ] || fail "DST_DATA_ROOT is not set and no MNIST/Fashion-MNIST copy was" \
-  "found in ../shared/data, /work/shared/data or data/; set DST_DATA_ROOT to a folder holding" \
+  "found in ../shared/data or data/ (relative to the checkout); set DST_DATA_ROOT to a folder holding" \
   "mnist/ and fashion-mnist/"
 for dataset in mnist fashion-mnist; do
   [ -d "$DST_DATA_ROOT/$dataset" ] || fail "DST_DATA_ROOT=$DST_DATA_ROOT has no $dataset/ folder"

@@ -18,6 +18,7 @@ import pandas as pd
 
 from dstcore import DstError
 from dstcore.io import read_json, write_with
+from dstcore.provenance import PACKAGES
 from dstcore.stats import t_interval
 
 RUN_COLUMNS = [
@@ -68,8 +69,20 @@ def run_row(metrics: dict, run_dir: str) -> dict:
         "diverged_epoch": _number(divergence.get("epoch")),
         "divergence_reason": divergence.get("reason", ""),
         "run_dir": run_dir,
-        "git_commit": ((metrics.get("provenance") or {}).get("git") or {}).get("commit") or "",
-        "device": (metrics.get("provenance") or {}).get("device", ""),
+        **provenance_columns(metrics.get("provenance") or {}),
+    }
+
+
+def provenance_columns(prov: dict) -> dict:
+    """The ``runs.csv`` columns that say where a run came from (empty when not recorded)."""
+    git, versions = prov.get("git") or {}, prov.get("versions") or {}
+    return {
+        "git_commit": git.get("commit") or "", "git_dirty": git.get("dirty"),
+        "finished_at": prov.get("finished_at", ""), "host": prov.get("host", ""),
+        "device": prov.get("device", ""), "gpu": prov.get("gpu", ""), "cpu": prov.get("cpu", ""),
+        "cpu_count": prov.get("cpu_count"), "cpu_capability": prov.get("cpu_capability", ""),
+        "threads": prov.get("torch_threads"),
+        **{f"version_{name}": versions.get(name) or "" for name in PACKAGES},
     }
 
 

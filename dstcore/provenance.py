@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-PACKAGES = ("dstcore", "torch", "torchvision", "numpy", "numba", "onnxruntime")
+PACKAGES = ("python", "dstcore", "torch", "torchvision", "numpy", "numba", "onnxruntime",
+            "snakemake")
 
 
 def git_commit() -> dict:
@@ -44,7 +49,7 @@ def cpu_model() -> str:
 
 def versions() -> dict:
     out = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
+    for name in PACKAGES[1:]:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -54,6 +59,7 @@ def versions() -> dict:
 
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -65,4 +71,104 @@ def provenance(device: torch.device, seed: int | None = None) -> dict:
     """Everything needed to say where a result came from."""
     return {"git": git_commit(), "versions": versions(), **device_info(device), "seed": seed,
             "host": socket.gethostname(), "platform": platform.platform(),
-            "command": " ".join(sys.argv)}
+            "command": " ".join(sys.argv),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+# ------------------------------------------------------------------------------------------
+# For the report: what the recorded provenance of a set of runs says, and where it is mixed.
+
+# Benchmark file (relative to results/benchmarks) -> the rule that wrote it, first match wins.
+BENCHMARK_RULES = (
+    (r"^[^/]+/baseline/", "train_baseline"),
+    (r"^[^/]+/dual/[^/]+/stage2/", "prune_weights"),
+    (r"^[^/]+/dual/[^/]+/lam0/", "dual_control"),
+    (r"^[^/]+/dual/[^/]+/tl1-", "dual_tl1"),
+    (r"^[^/]+/latency/", "measure_latency"),
+    (r"^[^/]+/[^/]+/lam", "finetune_actreg"),
+)
+# runs.csv columns whose values must agree for the tables to be comparable.
+MUST_AGREE = {"git_commit": "commits", "host": "machines", "cpu": "CPU models",
+              "cpu_capability": "CPU capabilities", "device": "devices"}
+
+
+def rule_times(benchmarks_dir: str | Path) -> pd.DataFrame:
+    """Per rule: jobs, wall time (hours, sum over jobs) and CPU time (hours) from Snakemake's
+    benchmark files; columns ``rule, jobs, wall_hours, cpu_hours``."""
+    rows = []
+    folder = Path(benchmarks_dir)
+    for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else []:
+        relative = path.relative_to(folder).as_posix()
+        rule = next((r for pattern, r in BENCHMARK_RULES if re.search(pattern, relative)), "other")
+        table = pd.read_csv(path, sep="\t")
+        rows.append({"rule": rule, "wall_hours": float(table["s"].iloc[0]) / 3600,
+                     "cpu_hours": float(table.get("cpu_time", pd.Series([0.0])).iloc[0]) / 3600})
+    frame = pd.DataFrame(rows, columns=["rule", "wall_hours", "cpu_hours"])
+    out = frame.groupby("rule").agg(jobs=("wall_hours", "size"), wall_hours=("wall_hours", "sum"),
+                                    cpu_hours=("cpu_hours", "sum")).reset_index()
+    return out.sort_values("wall_hours", ascending=False, ignore_index=True)
+
+
+def mixing_warnings(runs: pd.DataFrame) -> list[str]:
+    """One sentence per provenance field on which the runs disagree (or a dirty tree)."""
+    warnings = []
+    for column, what in MUST_AGREE.items():
+        values = distinct(runs, column)
+        if len(values) > 1:
+            counts = runs[column].astype(str).value_counts()
+            warnings.append(f"the tables mix runs from {len(values)} {what}: "
+                            + "; ".join(f"{v} ({counts.get(v, 0)} runs)" for v in values))
+    dirty = _dirty(runs)
+    if dirty.any():
+        warnings.append(f"{int(dirty.sum())} runs were made from a git tree with uncommitted "
+                        "changes: their commit does not fully describe their code")
+    return warnings
+
+
+def how_made(runs: pd.DataFrame, config_files: list[str], command: str) -> str:
+    """Markdown: commit, config (with content hash), seeds, command, dates, versions, machine."""
+    def values(column: str) -> str:
+        return ", ".join(distinct(runs, column)) or "not recorded"
+
+    configs = [f"`{f}` (sha256 {hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12]})"
+               if Path(f).is_file() else f"`{f}` (not found)" for f in config_files]
+    seeds = runs[runs.kind == "baseline"].groupby("experiment").seed.unique()
+    dirty = _dirty(runs)
+    lines = [
+        f"- **Code**: git {values('git_commit')}"
+        + (f" (uncommitted changes in {int(dirty.sum())} runs)" if dirty.any() else ", clean tree"),
+        f"- **Config**: {', '.join(configs) or 'not given'}",
+        "- **Seeds**: " + "; ".join(f"{e}: {', '.join(map(str, sorted(s)))}"
+                                    for e, s in seeds.items()),
+        f"- **Command**: `{command or 'not recorded'}`",
+        f"- **Runs finished** between {values_range(runs, 'finished_at')} (UTC)",
+        "- **Versions**: " + "; ".join(f"{name} {values('version_' + name)}" for name in PACKAGES),
+        f"- **Machine**: CPU {values('cpu')}, {values('cpu_count')} cores, vector extension "
+        f"{values('cpu_capability')} (`torch.backends.cpu.get_cpu_capability()`), "
+        f"{values('threads')} thread(s) per job, device {values('device')}, "
+        f"GPU {', '.join(distinct(runs, 'gpu')) or 'none'}, host {values('host')}",
+    ]
+    return "\n".join(lines)
+
+
+def values_range(runs: pd.DataFrame, column: str) -> str:
+    """``first and last`` of a column of ISO timestamps (or "not recorded")."""
+    found = distinct(runs, column)
+    return f"{found[0]} and {found[-1]}" if found else "not recorded"
+
+
+def distinct(runs: pd.DataFrame, column: str) -> list[str]:
+    """The sorted distinct non-empty values of ``column`` as text ([] when it is missing)."""
+    if column not in runs:
+        return []
+    def text(value) -> str:
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+    return sorted({text(v) for v in runs[column].dropna()} - {"", "nan"})
+
+
+def _dirty(runs: pd.DataFrame) -> pd.Series:
+    """Per run: made from a git tree with uncommitted changes."""
+    if "git_dirty" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["git_dirty"].astype(str).str.lower() == "true"

@@ -255,3 +255,21 @@ def test_failing_notebook_fails_and_leaves_no_html(tmp_path):
     executed = json.loads((tmp_path / "executed.failed.ipynb").read_text())
     assert any(o.get("ename") == "ValueError" for c in executed["cells"]
                for o in c.get("outputs", []))
+
+
+def test_report_says_how_its_numbers_were_made(rendered, smoke):
+    results, config, soup, runs = rendered
+    text = soup.get_text(" ")
+    cfg = smoke[1]
+    import hashlib
+
+    import torch
+
+    assert "How these numbers were made" in text
+    assert f"sha256 {hashlib.sha256(cfg.read_bytes()).hexdigest()[:12]}" in text
+    assert runs.git_commit.astype(str).iloc[0] in text
+    assert set(runs.cpu_capability) == {torch.backends.cpu.get_cpu_capability()}
+    assert f"vector extension {torch.backends.cpu.get_cpu_capability()}" in text
+    assert "snakemake all --cores 2 --configfile" in text
+    for rule in ("train_baseline", "finetune_actreg", "prune_weights", "dual_tl1"):
+        assert rule in text

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ os.environ.update(
     PATH=_prepend("PATH", Path(sys.executable).parent),
     PYTHONPATH=_prepend("PYTHONPATH", Path(workflow.basedir).resolve()),
 )
+
+# The command that started the workflow, for the report's provenance section; jobs (local or
+# on a cluster) inherit it rather than recording their own inner command.
+os.environ.setdefault("DST_SNAKEMAKE_COMMAND", shlex.join(["snakemake", *sys.argv[1:]]))
 
 RESULTS = config["results_dir"]
 EXPERIMENTS = {e["name"]: e for e in config["experiments"]}

@@ -29,6 +29,8 @@ rule report:
         tolerance=config["report"]["tolerance_pp"],
         drops="[" + ", ".join(map(str, config["report"]["frontier_drops_pp"])) + "]",
         latency=lambda wildcards, input: "[" + ", ".join(input.latency) + "]",
+        configs="[" + ", ".join(map(str, workflow.configfiles)) + "]",
+        benchmarks=f"{RESULTS}/benchmarks",
         tables=lambda wildcards, output: os.path.dirname(output.tables[0]),
         figures=lambda wildcards, output: os.path.join(
             os.path.dirname(os.path.dirname(output.html)), "figures"
@@ -38,4 +40,5 @@ rule report:
         "--html {output.html} -p runs_csv {input.runs} -p layers_csv {input.layers} "
         "-p tables_dir {params.tables} -p figures_dir {params.figures} "
         "-p tolerance_pp {params.tolerance} -p frontier_drops_pp '{params.drops}' "
-        "-p latency_csvs '{params.latency}' > {log} 2>&1"
+        "-p latency_csvs '{params.latency}' -p config_files '{params.configs}' "
+        "-p benchmarks_dir {params.benchmarks} > {log} 2>&1"

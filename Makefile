@@ -27,6 +27,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest -x -q
 
+# Generated bad input (tests/test_fuzz.py) with a larger budget than make test's 500 per kind.
+FUZZ_EXAMPLES ?= 5000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	DST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/test_fuzz.py --hypothesis-show-statistics
+
 # profiles/slurm against a real one-node SLURM started on this machine (needs root; prints
 # "SKIP: <reason>" and succeeds when it cannot run). See tests/cluster/README.md.
 .PHONY: test-slurm

@@ -4,7 +4,17 @@ __version__ = "0.1.0"
 
 
 class DstError(Exception):
-    """A user-facing error: bad config, bad data, missing files. Printed as one line by the CLI."""
+    """A user-facing error: bad config, bad data, missing files. Printed as one line by the CLI:
+    characters that would break or hide the line (newlines, form feeds, other control
+    characters from user input) are shown escaped."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (``\\n``, ``\\x0c``, ...) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def error_line(err: BaseException, width: int = 160) -> str:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dstcore import DstError
+from dstcore import DstError, one_line
 
 # shortcut flag -> (section, key, type)
 SHORTCUTS: dict[str, tuple[str, str, type]] = {
@@ -59,8 +59,15 @@ def _add_run_args(parser: argparse.ArgumentParser, extra: dict) -> None:
     _add_shortcuts(parser, extra)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (exit 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dst", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="dst", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="locate, verify and describe a dataset")
@@ -279,7 +286,10 @@ def cmd_choose_tl1(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a bad command line (already reported)
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         if args.command == "prepare":
             return cmd_prepare(args)

@@ -33,6 +33,12 @@ FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	DST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/test_fuzz.py --hypothesis-show-statistics
 
+# SIGKILL jobs of the smoke DAG at 20+ random moments, rerun, compare with a clean run (not in CI).
+KILLS ?= 20
+.PHONY: chaos
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --kills $(KILLS)
+
 # profiles/slurm against a real one-node SLURM started on this machine (needs root; prints
 # "SKIP: <reason>" and succeeds when it cannot run). See tests/cluster/README.md.
 .PHONY: test-slurm

@@ -40,6 +40,11 @@ def _number(value) -> float:
     return float(value)
 
 
+# runs.csv columns that differ between two runs of the same job (clocks), left out when runs are
+# compared for identity.
+TIMING_COLUMNS = ["wall_seconds", "train_seconds_per_epoch", "eval_seconds", "finished_at"]
+
+
 def run_row(metrics: dict, run_dir: str) -> dict:
     """One ``runs.csv`` row from a ``metrics.json`` dict."""
     tags = metrics.get("tags") or {}

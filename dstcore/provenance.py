@@ -137,7 +137,8 @@ def how_made(runs: pd.DataFrame, config_files: list[str], command: str) -> str:
     lines = [
         f"- **Code**: git {values('git_commit')}"
         + (f" (uncommitted changes in {int(dirty.sum())} runs)" if dirty.any() else ", clean tree"),
-        f"- **Config**: {', '.join(configs) or 'not given'}",
+        f"- **Config**: {', then '.join(configs) or 'not given'}"
+        + (" (each file's keys override the earlier ones)" if len(configs) > 1 else ""),
         "- **Seeds**: " + "; ".join(f"{e}: {', '.join(map(str, sorted(s)))}"
                                     for e, s in seeds.items()),
         f"- **Command**: `{command or 'not recorded'}`",

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from dstcore.aggregate import TIMING_COLUMNS
 from dstcore.checkpoint import read_model
 from dstcore.cli import main
 from tests.conftest import ROOT, smoke_config, snakemake
@@ -96,9 +97,8 @@ def test_parallel_run_equals_serial_run(smoke, tmp_path):
     cfg.write_text(yaml.safe_dump(smoke_config(serial)))
     proc = snakemake(str(serial / "tables/runs.csv"), "--cores", "1", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    timing = ["wall_seconds", "train_seconds_per_epoch", "eval_seconds"]
-    a = pd.read_csv(results / "tables/runs.csv").drop(columns=timing)
-    b = pd.read_csv(serial / "tables/runs.csv").drop(columns=timing)
+    a = pd.read_csv(results / "tables/runs.csv").drop(columns=TIMING_COLUMNS)
+    b = pd.read_csv(serial / "tables/runs.csv").drop(columns=TIMING_COLUMNS)
     pd.testing.assert_frame_equal(a, b)
     for run_dir in a.run_dir:
         x = read_model(results / run_dir / "model.pt")["state_dict"]
@@ -151,3 +151,17 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+
+
+def test_one_kill_at_a_random_moment_loses_nothing(smoke, tmp_path):
+    """The bounded version of `make chaos`: a baseline and a fine-tune of the smoke DAG, one job
+    SIGKILLed at a seeded random moment, unlock, rerun; equal to the uninterrupted smoke run."""
+    from tests.chaos import assert_identical, run_with_kills, setup
+
+    reference, _ = smoke
+    run = setup(tmp_path, "chaos")
+    targets = [str(run.results / f"lenet5_mnist/{d}/seed0/model.pt")
+               for d in ("baseline", "l1/lam0.0001")]
+    run_with_kills(run, targets, ["training"], seed=20261124, max_delay_s=4.0, log=lambda m: None)
+    assert len(run.kills) == 1 and run.kills[0].files_checked >= 1
+    assert assert_identical(reference, run.results, tables=False) == 2

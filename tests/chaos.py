@@ -90,7 +90,9 @@ def kill_one(run: ChaosRun, targets: list[str], phase: str, rng: random.Random,
             try:
                 victim = rng.choice(jobs) if jobs else None
                 if victim is not None:
-                    command = " ".join(victim.cmdline()[3:6])
+                    line = victim.cmdline()
+                    where = line[line.index("--out") + 1] if "--out" in line else line[4:6]
+                    command = f"{line[3]} {where}"
                     for child in [victim, *victim.children(recursive=True)]:
                         child.send_signal(signal.SIGKILL)
                     kill = Kill(phase, command, round(time.time() - started, 3))

@@ -26,7 +26,9 @@ RUN_COLUMNS = [
     "status", "top1", "top5", "activation_sparsity", "weight_sparsity", "dense_macs",
     "effective_macs", "mac_reduction_pct", "epochs_completed", "wall_seconds",
     "train_seconds_per_epoch", "eval_seconds", "diverged_epoch", "divergence_reason", "run_dir",
-    "git_commit", "device",
+    # provenance (see provenance_columns)
+    "git_commit", "git_dirty", "finished_at", "host", "device", "gpu", "cpu", "cpu_count",
+    "cpu_capability", "threads", *(f"version_{name}" for name in PACKAGES),
 ]
 LAYER_COLUMNS = [
     "experiment", "kind", "method", "lam", "beta", "prune_rate", "seed", "status", "run_dir",

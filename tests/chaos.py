@@ -91,7 +91,8 @@ def kill_one(run: ChaosRun, targets: list[str], phase: str, rng: random.Random,
                 victim = rng.choice(jobs) if jobs else None
                 if victim is not None:
                     line = victim.cmdline()
-                    where = line[line.index("--out") + 1] if "--out" in line else line[4:6]
+                    where = line[line.index("--out") + 1] if "--out" in line \
+                        else " ".join(line[4:6])
                     command = f"{line[3]} {where}"
                     for child in [victim, *victim.children(recursive=True)]:
                         child.send_signal(signal.SIGKILL)

@@ -59,3 +59,10 @@ def test_how_made_names_commit_config_hash_seeds_and_machine(tmp_path):
     assert f"vector extension {torch.backends.cpu.get_cpu_capability()}" in text
     assert f"torch {torch.__version__.split('+')[0]}" in text
     assert (prov["git"]["commit"] or "not recorded") in text
+
+
+def test_runs_table_keeps_every_provenance_column():
+    from dstcore.aggregate import RUN_COLUMNS
+
+    prov = provenance.provenance(torch.device("cpu"))
+    assert set(provenance_columns(prov)) <= set(RUN_COLUMNS)

@@ -403,10 +403,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from dstcore.aggregate import TIMING_COLUMNS
 from dstcore.checkpoint import read_model
 
 slurm, local = map(Path, sys.argv[1:3])
-ignore = ["wall_seconds", "train_seconds_per_epoch", "eval_seconds", "git_commit"]
+ignore = [*TIMING_COLUMNS, "git_commit", "git_dirty", "host"]
 for table in ("runs.csv", "layers.csv"):
     a = pd.read_csv(slurm / "tables" / table)
     b = pd.read_csv(local / "tables" / table)

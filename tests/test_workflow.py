@@ -147,9 +147,12 @@ def test_bad_config_stops_snakemake_with_one_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bad))
     proc = snakemake("all", "-n", "--configfile", str(path))
-    assert proc.returncode != 0
+    assert proc.returncode == 2
+    output = proc.stdout + proc.stderr
     assert ("invalid config: config.experiments[0].regularizers.tl1.betas[0]: -1.0 is not "
-            "allowed; expected a number > 0") in proc.stdout + proc.stderr
+            "allowed; expected a number > 0\n") in output
+    assert "Traceback" not in output and 'File "' not in output and "Error" not in output
+    assert not (tmp_path / "r").exists()
 
 
 def test_stage_3_runs_the_tl1_choice_of_the_documented_rule(smoke):

@@ -13,8 +13,9 @@ from dstcore.pipeline import fmt, regularizer_sweeps, validate_config
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
-except DstError as err:
-    raise WorkflowError(f"invalid config: {err}") from None
+except DstError as err:  # one line and exit status 2, like every dst command
+    print(f"invalid config: {err}", file=sys.stderr)
+    sys.exit(2)
 
 # Jobs run `python -m dstcore.cli`: the Python of the environment running Snakemake, or of the
 # rule's conda environment (--sdm conda, built from environment.yml) with this checkout on

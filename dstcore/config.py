@@ -220,6 +220,10 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise DstError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
+MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
+MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
+
+
 def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
     """Check names and ranges; raise :class:`DstError` naming the first bad key."""
     from dstcore.data import DATASETS
@@ -233,9 +237,11 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
     _require(r.method in METHODS, "reg.method", r.method, f"one of {', '.join(METHODS)}")
     for key, value in (("data.train_subset", d.train_subset), ("data.test_subset", d.test_subset)):
         _require(value is None or value > 0, key, value, "null or an integer > 0")
-    for key, value in (("data.subset_seed", d.subset_seed), ("data.num_workers", d.num_workers),
-                       ("train.seed", t.seed), ("train.threads", t.threads),
-                       ("train.eval_every", t.eval_every),
+    for key, value in (("data.subset_seed", d.subset_seed), ("train.seed", t.seed)):
+        _require(0 <= value <= MAX_SEED, key, value, f"an integer in [0, {MAX_SEED}]")
+    for key, value in (("data.num_workers", d.num_workers), ("train.threads", t.threads)):
+        _require(0 <= value <= MAX_THREADS, key, value, f"an integer in [0, {MAX_THREADS}]")
+    for key, value in (("train.eval_every", t.eval_every),
                        ("train.warmup_epochs", t.warmup_epochs),
                        ("prune.l1_epochs", p.l1_epochs), ("prune.finetune_epochs",
                                                           p.finetune_epochs)):

@@ -25,6 +25,10 @@ def base(tmp_path_factory):
     (["train", "--set", "train.epochz=3"], "unknown config key 'train.epochz'"),
     (["finetune", "--from", "missing/model.pt"], "checkpoint missing/model.pt does not exist"),
     (["train", "--config", "nope.yaml"], "config file nope.yaml does not exist"),
+    (["train", "--seed", "99999999999999999999"],  # found by make fuzz: torch overflowed
+     "train.seed: 99999999999999999999 is not allowed; expected an integer in [0, 4294967295]"),
+    (["train", "--threads", "-1"], "train.threads: -1 is not allowed"),
+    (["train", "--set", "data.dataset=\x0c"], "override 'data.dataset=\\x0c': value is not valid"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, argv, message):
     out = tmp_path / "run"

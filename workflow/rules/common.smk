@@ -33,6 +33,16 @@ os.environ.update(
 # on a cluster) inherit it rather than recording their own inner command.
 os.environ.setdefault("DST_SNAKEMAKE_COMMAND", shlex.join(["snakemake", *sys.argv[1:]]))
 
+
+
+def config_files_in_merge_order():
+    """Absolute paths of the config files in the order Snakemake merged them: the Snakefile's
+    default first, then each --configfile (a later file's keys override an earlier one's)."""
+    given = [str(f) for f in workflow.overwrite_configfiles]
+    default = [str(f) for f in workflow.configfiles if str(f) not in given]
+    return [str(Path(f).resolve()) for f in default + given]
+
+
 RESULTS = config["results_dir"]
 EXPERIMENTS = {e["name"]: e for e in config["experiments"]}
 NUMBER = r"[0-9][0-9.e+-]*"

@@ -29,7 +29,7 @@ rule report:
         tolerance=config["report"]["tolerance_pp"],
         drops="[" + ", ".join(map(str, config["report"]["frontier_drops_pp"])) + "]",
         latency=lambda wildcards, input: "[" + ", ".join(input.latency) + "]",
-        configs="[" + ", ".join(str(Path(f).resolve()) for f in workflow.configfiles) + "]",
+        configs="[" + ", ".join(config_files_in_merge_order()) + "]",
         benchmarks=f"{RESULTS}/benchmarks",
         tables=lambda wildcards, output: os.path.dirname(output.tables[0]),
         figures=lambda wildcards, output: os.path.join(

@@ -12,9 +12,11 @@ import sys
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
+if TYPE_CHECKING:  # imported where used: aggregate and the report need neither at start-up
+    import pandas as pd
+    import torch
 
 PACKAGES = ("python", "dstcore", "torch", "torchvision", "numpy", "numba", "onnxruntime",
             "snakemake")
@@ -58,6 +60,8 @@ def versions() -> dict:
 
 
 def device_info(device: torch.device) -> dict:
+    import torch
+
     info = {"device": str(device), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads()}
@@ -95,6 +99,8 @@ MUST_AGREE = {"git_commit": "commits", "host": "machines", "cpu": "CPU models",
 def rule_times(benchmarks_dir: str | Path) -> pd.DataFrame:
     """Per rule: jobs, wall time (hours, sum over jobs) and CPU time (hours) from Snakemake's
     benchmark files; columns ``rule, jobs, wall_hours, cpu_hours``."""
+    import pandas as pd
+
     rows = []
     folder = Path(benchmarks_dir)
     for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else []:
@@ -170,6 +176,8 @@ def distinct(runs: pd.DataFrame, column: str) -> list[str]:
 
 def _dirty(runs: pd.DataFrame) -> pd.Series:
     """Per run: made from a git tree with uncommitted changes."""
+    import pandas as pd
+
     if "git_dirty" not in runs:
         return pd.Series(False, index=runs.index)
     return runs["git_dirty"].astype(str).str.lower() == "true"

@@ -1,7 +1,9 @@
 """Collect every run's ``metrics.json`` into tidy tables (one row per run, one per run x layer).
 
 ``runs.csv`` columns: experiment, kind (baseline | control | actreg | pruned | dual_control |
-dual), model, dataset, method, lam, beta, prune_rate, seed, status, top1, top5 (fractions),
+dual), model, dataset, method, lam, beta, prune_rate, prune_structure (``element`` or
+``block{block_out}`` such as ``block16`` for stage 2 and 3 runs, empty otherwise), seed,
+status, top1, top5 (fractions),
 activation_sparsity, weight_sparsity (fractions of exact zeros), dense_macs, effective_macs
 (multiplications per image), mac_reduction_pct, epochs_completed, wall_seconds,
 train_seconds_per_epoch, eval_seconds, diverged_epoch, divergence_reason, run_dir,
@@ -22,16 +24,18 @@ from dstcore.provenance import PACKAGES
 from dstcore.stats import t_interval
 
 RUN_COLUMNS = [
-    "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate", "seed",
-    "status", "top1", "top5", "activation_sparsity", "weight_sparsity", "dense_macs",
-    "effective_macs", "mac_reduction_pct", "epochs_completed", "wall_seconds",
-    "train_seconds_per_epoch", "eval_seconds", "diverged_epoch", "divergence_reason", "run_dir",
+    "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate",
+    "prune_structure", "seed", "status", "top1", "top5", "activation_sparsity",
+    "weight_sparsity", "dense_macs", "effective_macs", "mac_reduction_pct", "epochs_completed",
+    "wall_seconds", "train_seconds_per_epoch", "eval_seconds", "diverged_epoch",
+    "divergence_reason", "run_dir",
     # provenance (see provenance_columns)
     "git_commit", "git_dirty", "finished_at", "host", "device", "gpu", "cpu", "cpu_count",
     "cpu_capability", "threads", *(f"version_{name}" for name in PACKAGES),
 ]
 LAYER_COLUMNS = [
-    "experiment", "kind", "method", "lam", "beta", "prune_rate", "seed", "status", "run_dir",
+    "experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure", "seed",
+    "status", "run_dir",
     "layer", "position", "activation_sparsity", "weight_sparsity", "dense_macs", "effective_macs",
 ]
 
@@ -62,6 +66,7 @@ def run_row(metrics: dict, run_dir: str) -> dict:
         "lam": _number(tags.get("lam", metrics.get("lam"))),
         "beta": _number(tags.get("beta", metrics.get("beta"))),
         "prune_rate": _number(tags.get("prune_rate")),
+        "prune_structure": prune_structure(tags),
         "seed": int(metrics.get("seed", (cfg.get("train") or {}).get("seed", 0))),
         "status": metrics["status"],
         "top1": metrics["accuracy"]["top1"], "top5": metrics["accuracy"].get("top5", math.nan),
@@ -78,6 +83,20 @@ def run_row(metrics: dict, run_dir: str) -> dict:
         "run_dir": run_dir,
         **provenance_columns(metrics.get("provenance") or {}),
     }
+
+
+def prune_structure(tags: dict) -> str:
+    """``runs.csv``'s prune_structure from a run's tags: its ``prune_structure`` tag (block
+    runs), ``element`` for any other stage 2 or 3 run (their commands carry no such tag, so that
+    the runs made before block pruning existed stay valid), empty for runs without pruning."""
+    return tags.get("prune_structure", "element" if "prune_rate" in tags else "")
+
+
+def structure_family(runs: pd.DataFrame) -> pd.Series:
+    """``element``, ``block`` (any block size) or ``""`` per row of a runs table."""
+    if "prune_structure" not in runs:
+        return pd.Series("", index=runs.index)
+    return runs.prune_structure.fillna("").astype(str).str.rstrip("0123456789")
 
 
 def provenance_columns(prov: dict) -> dict:
@@ -101,7 +120,7 @@ def layer_rows(metrics: dict, row: dict) -> list[dict]:
     for position, (layer, macs) in enumerate(metrics["macs"]["layers"].items()):
         rows.append({
             **{k: row[k] for k in ("experiment", "kind", "method", "lam", "beta", "prune_rate",
-                                   "seed", "status", "run_dir")},
+                                   "prune_structure", "seed", "status", "run_dir")},
             "layer": layer, "position": position,
             "activation_sparsity": act[layer]["sparsity"] if layer in act else math.nan,
             "weight_sparsity": weights[layer]["sparsity"],
@@ -124,12 +143,13 @@ def collect(metrics_files: list[Path], results_dir: Path) -> tuple[pd.DataFrame,
         runs.append(row)
         layers.extend(layer_rows(metrics, row))
     run_table = pd.DataFrame(runs, columns=RUN_COLUMNS)
-    run_table = run_table.sort_values(["experiment", "kind", "method", "prune_rate", "lam",
-                                       "beta", "seed"], na_position="first", kind="stable")
+    run_table = run_table.sort_values(["experiment", "kind", "method", "prune_structure",
+                                       "prune_rate", "lam", "beta", "seed"],
+                                      na_position="first", kind="stable")
     return run_table.reset_index(drop=True), pd.DataFrame(layers, columns=LAYER_COLUMNS)
 
 
-GROUP = ["experiment", "kind", "method", "lam", "beta", "prune_rate"]
+GROUP = ["experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure"]
 
 
 def seed_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -164,12 +184,21 @@ def best_within_tolerance(candidates: pd.DataFrame, reference_top1: float,
     return ok.sort_values(["sparsity_mean", "top1_mean"], ascending=False).iloc[0]
 
 
+# select_latency_runs: role -> (kind, method, pruning structure family, score to maximise)
+LATENCY_ROLES = {
+    "best_tl1": ("actreg", "tl1", "", "activation_sparsity"),
+    "best_dual": ("dual", "tl1", "element", "mac_reduction_pct"),
+    "best_dual_block": ("dual", "tl1", "block", "mac_reduction_pct"),
+}
+
+
 def select_latency_runs(runs: pd.DataFrame, experiment: str, seed: int,
                         tolerance_pp: float) -> dict[str, str]:
     """Run directories to time for one experiment and seed: the dense baseline, the TL1 run
-    with the highest activation sparsity and the dual sparse run with the largest reduction
-    of multiplications, both with top-1 within ``tolerance_pp`` of that seed's baseline (or
-    the closest to it when none is)."""
+    with the highest activation sparsity (``best_tl1``) and the dual sparse TL1 run with the
+    largest reduction of multiplications among the unstructured (``best_dual``) and among the
+    block-structured ones (``best_dual_block``), each with top-1 within ``tolerance_pp`` of
+    that seed's baseline (or the closest to it when none is); roles without runs are left out."""
     rows = runs[(runs.experiment == experiment) & (runs.seed == seed)
                 & (runs.status == "completed")]
     base = rows[rows.kind == "baseline"]
@@ -177,9 +206,9 @@ def select_latency_runs(runs: pd.DataFrame, experiment: str, seed: int,
         raise DstError(f"no completed baseline for {experiment} seed {seed} in the runs table")
     floor = base.top1.iloc[0] - tolerance_pp / 100
     chosen = {"baseline": base.run_dir.iloc[0]}
-    for role, kind, method, score in (("best_tl1", "actreg", "tl1", "activation_sparsity"),
-                                      ("best_dual", "dual", "tl1", "mac_reduction_pct")):
-        cand = rows[(rows.kind == kind) & (rows.method == method)]
+    family = structure_family(rows)
+    for role, (kind, method, structure, score) in LATENCY_ROLES.items():
+        cand = rows[(rows.kind == kind) & (rows.method == method) & (family == structure)]
         if cand.empty:
             continue
         ok = cand[cand.top1 >= floor - 1e-12]

@@ -31,7 +31,9 @@ SHORTCUTS: dict[str, tuple[str, str, type]] = {
 FINETUNE_SHORTCUTS = {"method": ("reg", "method", str), "lam": ("reg", "lam", float),
                       "beta": ("reg", "beta", float)}
 PRUNE_SHORTCUTS = {"rate": ("prune", "rate", float), "threshold": ("prune", "threshold", float),
-                   "scope": ("prune", "scope", str), "weight_l1": ("prune", "weight_l1", float),
+                   "scope": ("prune", "scope", str), "structure": ("prune", "structure", str),
+                   "block_out": ("prune", "block_out", int),
+                   "weight_l1": ("prune", "weight_l1", float),
                    "l1_epochs": ("prune", "l1_epochs", int),
                    "finetune_epochs": ("prune", "finetune_epochs", int)}
 

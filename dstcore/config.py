@@ -90,6 +90,8 @@ class PruneConfig:
     rate: float | None = 0.9  # fraction of Conv2d/Linear weights set to zero
     threshold: float | None = None  # prune |w| <= threshold instead of a rate
     scope: str = "global"  # global | layer
+    structure: str = "element"  # element (single weights) | block (block_out x 1 input channel)
+    block_out: int = 16  # output channels per block unit (structure block)
 
 
 @dataclass
@@ -222,13 +224,14 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
 MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
+MAX_BLOCK_OUT = 4096  # output channels per block unit of block pruning
 
 
 def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
     """Check names and ranges; raise :class:`DstError` naming the first bad key."""
     from dstcore.data import DATASETS
     from dstcore.models import MODELS
-    from dstcore.sparsity.pruning import SCOPES
+    from dstcore.sparsity.pruning import SCOPES, STRUCTURES
     from dstcore.sparsity.regularizers import METHODS
 
     d, m, t, r, p = cfg.data, cfg.model, cfg.train, cfg.reg, cfg.prune
@@ -280,6 +283,12 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
         _require(p.l1_epochs + p.finetune_epochs >= 1, "prune.finetune_epochs",
                  p.finetune_epochs, "at least one epoch in total with prune.l1_epochs")
     _require(p.scope in SCOPES, "prune.scope", p.scope, f"one of {', '.join(SCOPES)}")
+    _require(p.structure in STRUCTURES, "prune.structure", p.structure,
+             f"one of {', '.join(STRUCTURES)}")
+    _require(1 <= p.block_out <= MAX_BLOCK_OUT, "prune.block_out", p.block_out,
+             f"an integer in [1, {MAX_BLOCK_OUT}]")
+    _require(p.structure == "element" or p.threshold is None, "prune.threshold", p.threshold,
+             "null when prune.structure is block (block pruning takes prune.rate)")
     return cfg
 
 

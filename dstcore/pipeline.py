@@ -111,6 +111,27 @@ def fmt(value: float) -> str:
     return f"{float(value):g}"
 
 
+def prune_structures(dual: dict) -> list[str]:
+    """Labels of the weight-pruning structures of a ``dual`` section, as in runs.csv's
+    ``prune_structure``: ``element`` (unstructured) and ``block{block_out}`` (e.g. block16)."""
+    return [s if s == "element" else f"{s}{dual.get('block_out', 16)}"
+            for s in dual.get("structures", ["element"])]
+
+
+def structure_prefix(label: str) -> str:
+    """The path prefix of a structure label before ``prune{rate}``: none for element runs (their
+    paths predate block pruning), ``block16-`` for block16."""
+    return "" if label == "element" else f"{label}-"
+
+
+def structure_of_prefix(prefix: str) -> tuple[str, int | None]:
+    """(prune.structure, prune.block_out) of a path prefix: ``""`` -> element, ``block16-`` ->
+    (block, 16)."""
+    if not prefix:
+        return "element", None
+    return "block", int(prefix.removeprefix("block").removesuffix("-"))
+
+
 def tl1_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
     """(β, λ values) of each TL1 sweep of a ``regularizers.tl1`` block: its ``sweeps`` entries
     (one λ grid per β), or every β of ``betas`` (default [1.0]) with the shared ``lams``."""

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from dstcore.aggregate import best_within_tolerance, seed_summary  # noqa: E402
+from dstcore.aggregate import best_within_tolerance, seed_summary, structure_family  # noqa: E402
 from dstcore.frontier import (  # noqa: E402
     baseline_top1,
     best_sweep,
@@ -49,6 +49,9 @@ _palette = sns.color_palette("colorblind", 8)
 METHOD_COLORS = {"baseline": "#555555", "control": "#000000", "l1": _palette[0],
                  "hoyer": _palette[1], "tl1": _palette[2], "dual": _palette[4],
                  "dual_control": _palette[7], "pruned": _palette[5]}
+# Weight-pruning structures (families of runs.csv's prune_structure), in the order tables show them.
+STRUCTURE_ORDER = {"": 0, "element": 1, "block": 2}
+STRUCTURE_COLORS = {"element": _palette[4], "block": _palette[2]}
 
 # The paper's quantitative claims (Yu & Tian 2024).
 SPARSITY_CLAIMS = [  # (claim, model, dataset, paper value): TL1's activation-sparsity gain
@@ -142,15 +145,17 @@ def _gain(name: str, values: dict[int, float], reference: dict[int, float]) -> d
 
 
 def dual_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Dual sparse results: the baseline, stage 2 and every stage 3 run, with multiplications
-    (means over seeds with 95% t intervals)."""
+    """Dual sparse results: the baseline, then per pruning structure (unstructured ``element``
+    first, then ``block16``) stage 2 and every stage 3 run, with multiplications (means over
+    seeds with 95% t intervals)."""
     summary = seed_summary(runs)
     keep = summary[summary.kind.isin(["baseline", "pruned", "dual_control", "dual"])]
     keep = keep[keep.experiment.isin(summary[summary.kind == "pruned"].experiment)]
     order = {"baseline": 0, "pruned": 1, "dual_control": 2, "dual": 3}
-    keep = keep.assign(_o=keep.kind.map(order)).sort_values(
-        ["experiment", "prune_rate", "_o", "beta", "lam"], na_position="first")
-    out = keep[["experiment", "kind", "prune_rate", "lam", "beta", "seeds",
+    keep = keep.assign(_o=keep.kind.map(order), _s=structure_family(keep).map(STRUCTURE_ORDER))
+    keep = keep.sort_values(["experiment", "_s", "prune_structure", "prune_rate", "_o", "beta",
+                             "lam"], na_position="first")
+    out = keep[["experiment", "kind", "prune_structure", "prune_rate", "lam", "beta", "seeds",
                 "weight_sparsity_mean", "sparsity_mean", "sparsity_ci_low", "sparsity_ci_high",
                 "top1_mean", "top1_ci_low", "top1_ci_high", "top1_std", "dense_macs",
                 "effective_macs", "mac_reduction_pct", "mac_reduction_ci_low",
@@ -158,10 +163,58 @@ def dual_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def best_dual(dual: pd.DataFrame, base_top1: float, drop: float) -> tuple[pd.Series, bool]:
+    """The dual sparse configuration (a row of ``dual``, a seed summary) with the largest mean
+    reduction of multiplications whose mean top-1 is within ``drop`` pp of ``base_top1``, or
+    the largest reduction when none is; and whether it is within."""
+    within = dual[dual.top1_mean >= base_top1 - drop - 1e-9]
+    best = (within if not within.empty else dual).sort_values("mac_reduction_pct").iloc[-1]
+    return best, not within.empty
+
+
+def dual_structure_table(runs: pd.DataFrame, tolerance_pp: float) -> pd.DataFrame:
+    """Unstructured (``element``) and block-structured weight pruning side by side: per
+    experiment and pruning structure, the dual sparse TL1 configuration chosen by
+    :func:`best_dual` at ``tolerance_pp``, its accuracy, activation and weight sparsity and
+    reduction of multiplications (means over seeds with 95% t intervals), and its stage 2
+    model's accuracy and weight sparsity."""
+    rows = []
+    summary = seed_summary(runs)
+    summary = summary.assign(_s=structure_family(summary).map(STRUCTURE_ORDER))
+    for exp, s in summary.groupby("experiment", sort=True):
+        base, dual = s[s.kind == "baseline"], s[s.kind == "dual"]
+        if base.empty or dual.empty:
+            continue
+        base_top1 = base.top1_mean.iloc[0]
+        for structure, cand in dual.sort_values("_s").groupby("prune_structure", sort=False):
+            best, within = best_dual(cand, base_top1, tolerance_pp)
+            stage2 = s[(s.kind == "pruned") & (s.prune_structure == structure)
+                       & np.isclose(s.prune_rate, best.prune_rate)]
+            rows.append({
+                "experiment": exp, "prune_structure": structure, "prune_rate": best.prune_rate,
+                "lam": best.lam, "beta": best.beta, "seeds": best.seeds,
+                **{k: best[k] for k in ("top1_mean", "top1_ci_low", "top1_ci_high")},
+                "top1_drop_pp": base_top1 - best.top1_mean,
+                **{k: best[k] for k in ("sparsity_mean", "sparsity_ci_low", "sparsity_ci_high",
+                                        "weight_sparsity_mean", "mac_reduction_pct",
+                                        "mac_reduction_ci_low", "mac_reduction_ci_high")},
+                "stage2_top1_mean": stage2.top1_mean.iloc[0] if len(stage2) else math.nan,
+                "stage2_weight_sparsity_mean": stage2.weight_sparsity_mean.iloc[0]
+                if len(stage2) else math.nan,
+                "note": "" if within else f"no dual run within {tolerance_pp:g} pp: largest "
+                                          f"reduction shown"})
+    return pd.DataFrame(rows, columns=[
+        "experiment", "prune_structure", "prune_rate", "lam", "beta", "seeds", "top1_mean",
+        "top1_ci_low", "top1_ci_high", "top1_drop_pp", "sparsity_mean", "sparsity_ci_low",
+        "sparsity_ci_high", "weight_sparsity_mean", "mac_reduction_pct", "mac_reduction_ci_low",
+        "mac_reduction_ci_high", "stage2_top1_mean", "stage2_weight_sparsity_mean", "note"])
+
+
 def diverged_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs that did not complete, with where and why they stopped."""
     bad = runs[runs.status != "completed"]
-    return bad[["experiment", "kind", "method", "lam", "beta", "prune_rate", "seed", "status",
+    return bad[["experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure",
+                "seed", "status",
                 "diverged_epoch", "divergence_reason", "run_dir"]].reset_index(drop=True)
 
 
@@ -261,8 +314,10 @@ def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
 
 
 def _mac_claims(runs: pd.DataFrame, models: pd.DataFrame, drop: float) -> list[dict]:
-    """The paper's dual sparse claims, and analogue rows for the dual experiments run here."""
-    dual_exps = [e for e in models.index if ((runs.experiment == e) & (runs.kind == "dual")).any()]
+    """The paper's dual sparse claims, and analogue rows for the dual experiments run here (the
+    paper's method: unstructured weight pruning, so only ``element`` runs count)."""
+    element = (runs.kind == "dual") & (structure_family(runs) == "element")
+    dual_exps = [e for e in models.index if (element & (runs.experiment == e)).any()]
     rows = []
     for claim, model, value in MAC_CLAIMS:
         row = {"claim": claim, "paper_value": value, "reading": "relative",
@@ -285,21 +340,22 @@ def _mac_claims(runs: pd.DataFrame, models: pd.DataFrame, drop: float) -> list[d
 
 
 def _mac_claim(runs: pd.DataFrame, experiment: str, drop: float, value: float) -> dict:
-    """The dual sparse configuration with the largest mean reduction of multiplications whose
-    mean top-1 is within ``drop`` of the baseline's, with its interval over seeds."""
+    """The unstructured dual sparse configuration with the largest mean reduction of
+    multiplications whose mean top-1 is within ``drop`` of the baseline's (:func:`best_dual`),
+    with its interval over seeds."""
     s = seed_summary(runs[runs.experiment == experiment])
     base = s[s.kind == "baseline"].top1_mean.iloc[0]
-    dual = s[s.kind == "dual"]
-    within = dual[dual.top1_mean >= base - drop - 1e-9]
-    note = "" if not within.empty else f"; no dual run within {drop:g} pp: largest reduction shown"
-    best = (within if not within.empty else dual).sort_values("mac_reduction_pct").iloc[-1]
+    best, within = best_dual(s[(s.kind == "dual") & (structure_family(s) == "element")], base,
+                             drop)
+    note = "" if within else f"; no dual run within {drop:g} pp: largest reduction shown"
     ci = Interval(best.mac_reduction_pct, best.mac_reduction_ci_low, best.mac_reduction_ci_high,
                   int(best.seeds))
     return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
             "ci_high": ci.high, "seeds": ci.n,
-            "status": claim_status(value, ci) if not within.empty else "not reproduced",
+            "status": claim_status(value, ci) if within else "not reproduced",
             "computed_as": f"1 − effective / dense multiplications per image of the dual sparse "
-                           f"model (prune rate {best.prune_rate:g}, TL1 λ = {best.lam:g}, β = "
+                           f"model with unstructured pruning (prune rate {best.prune_rate:g}, "
+                           f"TL1 λ = {best.lam:g}, β = "
                            f"{best.beta:g}) with the largest mean reduction whose mean top-1 is "
                            f"within {drop:g} pp of the baseline's{note}"}
 
@@ -434,31 +490,41 @@ def layer_sparsity_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: 
 
 def dual_macs_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
                      tolerance_pp: float) -> plt.Figure:
-    """Per-layer dense vs effective multiplications of the best dual sparse model."""
-    dual = dual_table(runs)
-    dual = dual[dual.experiment == experiment]
-    base_acc = dual[dual.kind == "baseline"].top1_mean
-    cand = dual[dual.kind == "dual"]
-    if cand.empty:
+    """Per-layer dense vs effective multiplications of the best dual sparse model of each
+    pruning structure (:func:`best_dual`: unstructured and block-structured side by side)."""
+    s = seed_summary(runs[runs.experiment == experiment])
+    base, dual = s[s.kind == "baseline"], s[s.kind == "dual"]
+    if dual.empty:
         return message_figure(f"{experiment}: no completed dual sparse run to show")
-    within = cand[cand.top1_mean >= (base_acc.iloc[0] if len(base_acc) else 0) - tolerance_pp]
-    best = (within if not within.empty else cand).sort_values("mac_reduction_pct").iloc[-1]
-    lay = layers[(layers.experiment == experiment) & (layers.kind == "dual")
-                 & np.isclose(layers.prune_rate, best.prune_rate) & np.isclose(layers.lam, best.lam)]
-    per_layer = lay.groupby(["position", "layer"])[["dense_macs", "effective_macs"]].mean()
-    per_layer = per_layer.reset_index().sort_values("position")
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.3 * len(per_layer)), 4.5))
-    x = np.arange(len(per_layer))
-    ax.bar(x - 0.2, per_layer.dense_macs, 0.4, label="dense", color=METHOD_COLORS["baseline"])
-    ax.bar(x + 0.2, per_layer.effective_macs, 0.4, label="effective (both operands non-zero)",
-           color=METHOD_COLORS["dual"])
-    ax.set_xticks(x, per_layer.layer, rotation=90 if len(x) > 8 else 0, fontsize=7)
+    dual = dual.assign(_s=structure_family(dual).map(STRUCTURE_ORDER)).sort_values("_s")
+    base_top1 = base.top1_mean.iloc[0] if len(base) else 0.0
+    bars = {}
+    for structure, cand in dual.groupby("prune_structure", sort=False):
+        best, within = best_dual(cand, base_top1, tolerance_pp)
+        lay = layers[(layers.experiment == experiment) & (layers.kind == "dual")
+                     & (layers.prune_structure == structure)
+                     & np.isclose(layers.prune_rate, best.prune_rate)
+                     & np.isclose(layers.lam, best.lam)]
+        per_layer = lay.groupby(["position", "layer"])[["dense_macs", "effective_macs"]].mean()
+        label = (f"effective, {structure} (prune rate {best.prune_rate:g}, TL1 λ={best.lam:g}): "
+                 f"−{best.mac_reduction_pct:.1f}%" + ("" if within else ", none within tolerance"))
+        bars[label] = (structure, per_layer.reset_index().sort_values("position"))
+    dense = next(iter(bars.values()))[1]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.3 * len(dense) * (1 + len(bars)) / 2), 4.5))
+    x, width = np.arange(len(dense)), 0.8 / (1 + len(bars))
+    ax.bar(x - 0.4 + width / 2, dense.dense_macs, width, label="dense",
+           color=METHOD_COLORS["baseline"])
+    for i, (label, (structure, per_layer)) in enumerate(bars.items(), start=1):
+        color = STRUCTURE_COLORS.get(structure.rstrip("0123456789"), METHOD_COLORS["dual"])
+        ax.bar(x - 0.4 + width * (i + 0.5), per_layer.effective_macs, width, label=label,
+               color=color)
+    ax.set_xticks(x, dense.layer, rotation=90 if len(x) > 8 else 0, fontsize=7)
     ax.set_yscale("log")
+    ax.set_ylim(top=ax.get_ylim()[1] * 10 ** (0.5 * (1 + len(bars))))  # room for the legend
     ax.set_ylabel("multiplications per image")
-    note = "" if not within.empty else " (none within tolerance: largest reduction shown)"
-    ax.set_title(f"{experiment}: dual sparse, prune rate {best.prune_rate:g}, TL1 λ={best.lam:g}, "
-                 f"−{best.mac_reduction_pct:.1f}% multiplications{note}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"{experiment}: dual sparse, per-layer multiplications (effective = both "
+                 f"operands non-zero)", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -4,7 +4,8 @@
 - ``finetune``: from a saved model, CE + lam * activation penalty (``reg.method`` none, l1,
   hoyer or tl1); masks stay fixed when the parent was pruned (stage 3).
 - ``prune``: from a saved model, ``prune.l1_epochs`` with a weight l1 penalty, then magnitude
-  pruning, then ``prune.finetune_epochs`` with the masks fixed (stage 2).
+  pruning (``prune.structure``: single weights or whole block units), then
+  ``prune.finetune_epochs`` with the masks fixed (stage 2).
 
 Each run owns a directory: ``config.yaml`` (resolved), ``log.jsonl`` (one line per epoch),
 ``checkpoint.pt`` (atomic, every epoch, removed at the end), ``model.pt``, ``train.json`` and,
@@ -336,7 +337,8 @@ def _epochs(s: Session, bar, final_eval: bool, t_start: float) -> dict | None:
     last_good = copy.deepcopy(s.model.state_dict())
     for epoch in bar:
         if s.stage == "prune" and epoch >= s.cfg.prune.l1_epochs and not has_masks(s.model):
-            prune_weights(s.model, s.cfg.prune.rate, s.cfg.prune.threshold, s.cfg.prune.scope)
+            p = s.cfg.prune
+            prune_weights(s.model, p.rate, p.threshold, p.scope, p.structure, p.block_out)
             last_good = copy.deepcopy(s.model.state_dict())
         stats, lr, train_seconds = _train_epoch(s, epoch)
         if stats.diverged_step is not None:

@@ -28,6 +28,8 @@ def base(tmp_path_factory):
     (["train", "--seed", "99999999999999999999"],  # found by make fuzz: torch overflowed
      "train.seed: 99999999999999999999 is not allowed; expected an integer in [0, 4294967295]"),
     (["train", "--threads", "-1"], "train.threads: -1 is not allowed"),
+    (["train", "--set", "prune.structure=rows"], "prune.structure: 'rows' is not allowed"),
+    (["train", "--set", "prune.block_out=-16"], "prune.block_out: -16 is not allowed"),
     (["train", "--set", "data.dataset=\x0c"], "override 'data.dataset=\\x0c': value is not valid"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, argv, message):

@@ -26,6 +26,13 @@ def check(data: dict, stage: str = "train"):
     ({"data": {"train_subset": 0}}, r"data.train_subset: 0 is not allowed"),
     ({"train": {"optimizer": "rmsprop"}}, r"train.optimizer: 'rmsprop' is not allowed"),
     ({"train": {"deterministic": "yes"}}, r"train.deterministic: 'yes' is not allowed"),
+    ({"prune": {"structure": "channel"}}, r"prune.structure: 'channel' is not allowed; expected "
+                                          r"one of element, block"),
+    ({"prune": {"block_out": 0}}, r"prune.block_out: 0 is not allowed; expected an integer in "
+                                  r"\[1, 4096\]"),
+    ({"prune": {"block_out": 16.0}}, r"prune.block_out: 16.0 is not allowed; expected an integer"),
+    ({"prune": {"structure": "block", "rate": None, "threshold": 0.1}},
+     r"prune.threshold: 0.1 is not allowed; expected null when prune.structure is block"),
 ])
 def test_bad_config_is_one_clear_line(data, message):
     with pytest.raises(DstError, match=message) as err:

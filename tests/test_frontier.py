@@ -119,3 +119,56 @@ def test_choose_dual_tl1_says_when_there_is_nothing_to_choose_from():
     no_tl1 = no_tl1[no_tl1.method != "tl1"]
     with pytest.raises(ValueError, match="tl1_beta is auto but no TL1 run completed"):
         choose_dual_tl1(no_tl1, "lenet5_mnist", 0.5)
+
+
+def with_dual_runs() -> pd.DataFrame:
+    """make_runs plus stage 3 TL1 runs of both pruning structures (seed 0 and 1 each)."""
+    runs = make_runs().assign(prune_structure=math.nan,
+                              run_dir=[f"run{i}" for i in range(len(RUNS) * 2)])
+    extra = []
+    # (structure, lam, top1, reduction): element's larger λ is the larger reduction but loses
+    # 1.5 pp; block's both stay within 0.5 pp of the baseline
+    for structure, lam, top1, reduction in (("element", 1.0, 0.985, 70.0),
+                                            ("element", 2.0, 0.970, 90.0),
+                                            ("block16", 1.0, 0.984, 60.0),
+                                            ("block16", 2.0, 0.983, 65.0)):
+        for seed in (0, 1):
+            extra.append({**runs.iloc[0].to_dict(), "kind": "dual", "method": "tl1", "lam": lam,
+                          "beta": 1.0, "prune_rate": 0.9, "prune_structure": structure,
+                          "seed": seed, "top1": top1 - 0.01 * seed,
+                          "activation_sparsity": 0.8, "weight_sparsity": 0.9,
+                          "mac_reduction_pct": reduction, "effective_macs": 100 - reduction,
+                          "run_dir": f"{structure}/lam{lam:g}/seed{seed}"})
+    return pd.concat([runs, pd.DataFrame(extra)], ignore_index=True)
+
+
+def test_latency_roles_keep_unstructured_and_block_dual_runs_apart():
+    from dstcore.aggregate import select_latency_runs
+
+    chosen = select_latency_runs(with_dual_runs(), "lenet5_mnist", 0, tolerance_pp=1.0)
+    assert chosen["best_dual"] == "element/lam1/seed0"  # lam 2 loses 2 pp: beyond 1 pp
+    assert chosen["best_dual_block"] == "block16/lam2/seed0"
+    runs = with_dual_runs()
+    runs = runs[runs.prune_structure.fillna("") != "block16"]
+    assert "best_dual_block" not in select_latency_runs(runs, "lenet5_mnist", 0, 1.0)
+
+
+def test_prune_structure_column_from_tags():
+    from dstcore.aggregate import prune_structure
+
+    assert prune_structure({"kind": "baseline"}) == ""
+    assert prune_structure({"kind": "dual", "prune_rate": "0.9"}) == "element"  # untagged: as before
+    assert prune_structure({"kind": "dual", "prune_rate": "0.9",
+                            "prune_structure": "block16"}) == "block16"
+
+
+def test_dual_structure_table_shows_block_next_to_element():
+    from dstcore.report import dual_structure_table
+
+    table = dual_structure_table(with_dual_runs(), tolerance_pp=1.0)
+    assert list(table.prune_structure) == ["element", "block16"]
+    element, block = table.iloc[0], table.iloc[1]
+    # baseline mean top-1 98.5; element lam 2 (mean 96.5) is beyond 1 pp, lam 1 (98.0) within
+    assert element.lam == 1.0 and element.mac_reduction_pct == pytest.approx(70.0)
+    assert block.lam == 2.0 and block.top1_mean == pytest.approx(97.8)
+    assert block.weight_sparsity_mean == pytest.approx(90.0) and block.note == ""

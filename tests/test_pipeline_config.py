@@ -79,6 +79,18 @@ CASES = [
                                                {"beta": 1.0, "lams": [2.0]}],
      r"regularizers.tl1: β values \[1.0, 1.0\] repeat"),
     ("experiments.0.finetune.eval_every", -1, r"finetune.eval_every: -1 is not allowed"),
+    ("experiments.0.dual.structures", ["element", "channel"],
+     r"dual.structures\[1\]: 'channel' is not allowed; expected one of element, block"),
+    ("experiments.0.dual.structures", [], r"dual.structures: \[\] is not allowed; expected at "
+                                          r"least 1 item"),
+    ("experiments.0.dual.structures", ["block", "block"], r"dual.structures: .*non-unique"),
+    ("experiments.0.dual.structures", "block", r"dual.structures: 'block' is not allowed; "
+                                               r"expected type array"),
+    ("experiments.0.dual.block_out", 0, r"dual.block_out: 0 is not allowed; expected a number >= 1"),
+    ("experiments.0.dual.block_out", 8.5, r"dual.block_out: 8.5 is not allowed; expected type "
+                                          r"integer"),
+    ("experiments.0.dual.block_out", 5000, r"dual.block_out: 5000 is not allowed; expected a "
+                                           r"number <= 4096"),
 ]
 
 
@@ -153,3 +165,15 @@ def test_shipped_configs_are_valid_and_get_defaults(name):
     config = validate_config(yaml.safe_load((ROOT / "config" / name).read_text()), SCHEMA)
     assert all(exp["seeds"] for exp in config["experiments"])
     assert config["latency"]["repeats"] >= 1
+
+
+def test_pruning_structures_name_the_run_paths():
+    from dstcore.pipeline import prune_structures, structure_of_prefix, structure_prefix
+
+    config = validate_config(smoke(), SCHEMA)
+    dual = config["experiments"][0]["dual"]
+    assert prune_structures(dual) == ["element", "block16"]
+    assert [structure_prefix(label) for label in prune_structures(dual)] == ["", "block16-"]
+    assert structure_of_prefix("") == ("element", None)
+    assert structure_of_prefix("block8-") == ("block", 8)
+    assert prune_structures({"prune_rates": [0.5]}) == ["element"]  # the default: as before

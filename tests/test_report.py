@@ -124,11 +124,13 @@ def test_dual_table_matches_recomputation(rendered):
     results, _, soup, runs = rendered
     shown = html_table(soup, "dual-sparse")
     dual = runs[(runs.kind == "dual") & (runs.status == "completed")]
-    configs = dual.groupby(["lam", "beta"])
+    configs = dual.groupby(["prune_structure", "lam", "beta"])
     shown_dual = shown[shown.kind == "dual"]
     assert len(shown_dual) == configs.ngroups
-    for (lam, beta), seeds in configs:
-        row = shown_dual[(shown_dual.lam.astype(float) == lam)
+    assert list(dict.fromkeys(shown_dual.prune_structure)) == ["element", "block16"]
+    for (structure, lam, beta), seeds in configs:
+        row = shown_dual[(shown_dual.prune_structure == structure)
+                         & (shown_dual.lam.astype(float) == lam)
                          & (shown_dual.beta.astype(float) == beta)].iloc[0]
         assert int(row.seeds) == len(seeds) == 2
         assert float(row.effective_macs) == pytest.approx(seeds.effective_macs.mean(), abs=0.5)
@@ -180,6 +182,27 @@ def test_diverged_run_is_listed_not_plotted(rendered):
     assert not (activation.lam == "1e+30").any()
 
 
+def test_dual_structures_table_puts_block_next_to_element(rendered):
+    results, config, soup, runs = rendered
+    shown = html_table(soup, "dual-structures")
+    assert list(shown.prune_structure) == ["element", "block16"]  # lenet5_mnist
+    tolerance = config["report"]["tolerance_pp"]
+    done = runs[(runs.status == "completed") & (runs.experiment == "lenet5_mnist")]
+    base_top1 = 100 * done[done.kind == "baseline"].top1.mean()
+    for row in shown.itertuples():
+        dual = done[(done.kind == "dual") & (done.prune_structure == row.prune_structure)]
+        means = dual.groupby("lam")[["top1", "activation_sparsity", "weight_sparsity",
+                                     "mac_reduction_pct"]].mean()
+        means[["top1", "activation_sparsity", "weight_sparsity"]] *= 100
+        within = means[means.top1 >= base_top1 - tolerance - 1e-9]
+        best = (within if len(within) else means).sort_values("mac_reduction_pct").iloc[-1]
+        assert float(row.top1_mean) == pytest.approx(best.top1, abs=0.006)
+        assert float(row.sparsity_mean) == pytest.approx(best.activation_sparsity, abs=0.006)
+        assert float(row.weight_sparsity_mean) == pytest.approx(best.weight_sparsity, abs=0.006)
+        assert float(row.mac_reduction_pct) == pytest.approx(best.mac_reduction_pct, abs=0.006)
+    assert len(pd.read_csv(results / "tables/dual_structures.csv")) == len(shown)
+
+
 def test_every_figure_is_in_the_html_and_on_disk(rendered):
     results, config, soup, _ = rendered
     stems = []
@@ -205,7 +228,7 @@ def test_latency_table_matches_the_latency_csv(rendered):
     shown = html_table(soup, "latency")
     lat = pd.concat([pd.read_csv(p) for p in sorted((results / "latency").rglob("seed*.csv"))])
     model = lat[lat.scope == "model"]
-    assert set(model.role) == {"baseline", "best_tl1", "best_dual"}
+    assert set(model.role) == {"baseline", "best_tl1", "best_dual", "best_dual_block"}
     assert set(model.kernel) == {"dense", "weight_sparse", "act_sparse", "dual_sparse",
                                  "onnxruntime"}
     assert len(shown) == len(model)
@@ -217,6 +240,7 @@ def test_latency_table_matches_the_latency_csv(rendered):
     chosen = json.loads((results / "latency/lenet5_mnist/seed0.meta.json").read_text())["runs"]
     assert chosen["baseline"] == "lenet5_mnist/baseline/seed0"
     assert chosen["best_dual"].startswith("lenet5_mnist/dual/prune0.5/tl1-beta")
+    assert chosen["best_dual_block"].startswith("lenet5_mnist/dual/block16-prune0.5/tl1-beta")
     assert (lat.max_abs_err < 1e-3).all()
 
 

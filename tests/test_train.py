@@ -124,6 +124,32 @@ def test_prune_then_dual_keeps_masks_and_real_zeros(tmp_path, digits, baseline):
     assert metrics["macs"]["effective"] < 0.8 * weight_bound
 
 
+def test_block_pruning_then_tl1_keeps_whole_units_zero(tmp_path, digits, baseline):
+    """Stage 2 with block units (8 output channels x 1 input channel), then a stage 3 TL1
+    fine-tune: every unit is all zero or has no forced zero, and zero units stay zero."""
+    pruned = tmp_path / "prune"
+    run(cfg(train={"lr": 0.01}, prune={"rate": 0.6, "l1_epochs": 0, "finetune_epochs": 1,
+                                       "structure": "block", "block_out": 8}),
+        "prune", pruned, init=baseline / "model.pt", bundle=digits)
+    dual = tmp_path / "dual"
+    run(cfg(train={"lr": 0.01, "epochs": 2}, reg={"method": "tl1", "lam": 1e-2}), "finetune",
+        dual, init=pruned / "model.pt", bundle=digits)
+    before, after = state(pruned / "model.pt"), state(dual / "model.pt")
+    zeros = total = 0
+    for key, w in before.items():
+        if not (key.endswith("weight") and w.dim() > 1):
+            continue
+        for b in range(0, w.shape[0], 8):
+            for c in range(w.shape[1]):
+                unit, later = w[b:b + 8, c], after[key][b:b + 8, c]
+                assert unit.all() or not unit.any(), (key, b, c)
+                if not unit.any():
+                    assert not later.any(), (key, b, c)  # masks stayed fixed in stage 3
+        zeros, total = zeros + int((w == 0).sum()), total + w.numel()
+    assert zeros >= 0.6 * total
+    assert not torch.equal(before["fc1.weight"], after["fc1.weight"])  # stage 3 did train
+
+
 def test_absurd_lambda_diverges_cleanly(tmp_path, digits, baseline):
     out = tmp_path / "boom"
     summary = run(cfg(reg={"method": "l1", "lam": 1e38}), "finetune", out,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -34,8 +35,11 @@ def expected_runs(config: dict, results) -> set[str]:
             dual = exp.get("dual")
             if dual:
                 choice = json.loads((results / name / "dual/tl1_choice.json").read_text())
-                for rate in dual["prune_rates"]:
-                    prefix = f"{name}/dual/prune{rate:g}"
+                # element runs keep their paths from before block pruning: dual/prune{rate}
+                structures = ["" if s == "element" else f"{s}{dual.get('block_out', 16)}-"
+                              for s in dual.get("structures", ["element"])]
+                for rate, structure in itertools.product(dual["prune_rates"], structures):
+                    prefix = f"{name}/dual/{structure}prune{rate:g}"
                     runs.update({f"{prefix}/stage2/seed{seed}", f"{prefix}/lam0/seed{seed}"})
                     runs.update(f"{prefix}/tl1-beta{choice['beta']:g}/lam{lam:g}/seed{seed}"
                                 for lam in choice["lams"])
@@ -59,6 +63,12 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
                                      "dual"}
     pruned = runs[runs.kind.isin(["pruned", "dual", "dual_control"])]
     assert (pruned.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()
+    assert set(pruned.prune_structure) == {"element", "block16"}
+    assert runs[~runs.kind.isin(["pruned", "dual", "dual_control"])].prune_structure.isna().all()
+    block = pruned[pruned.prune_structure == "block16"]
+    assert block.run_dir.str.startswith("lenet5_mnist/dual/block16-prune0.5/").all()
+    assert (block.groupby("kind").size() == pruned[pruned.prune_structure == "element"]
+            .groupby("kind").size()).all()  # the same stage 2 and 3 runs as unstructured
     tl1 = runs[(runs.method == "tl1") & (runs.experiment == "lenet5_mnist")]
     assert set(tl1[tl1.kind == "actreg"].beta) == {0.5, 2.0} and tl1.lam.notna().all()
     assert set(runs.groupby("experiment").seed.nunique()) == {2}
@@ -175,4 +185,5 @@ def test_stage_3_runs_the_tl1_choice_of_the_documented_rule(smoke):
     assert choice["lams"] == pytest.approx(expected)
     dual = runs[runs.kind == "dual"]
     assert set(dual.beta) == {choice["beta"]} and set(dual.lam) == set(choice["lams"])
-    assert len(dual) == 2 * len(choice["lams"])  # every seed
+    for _, structure in dual.groupby("prune_structure"):  # element and block16: same choice
+        assert len(structure) == 2 * len(choice["lams"])  # every seed

@@ -9,7 +9,14 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from dstcore import DstError
-from dstcore.pipeline import fmt, regularizer_sweeps, validate_config
+from dstcore.pipeline import (
+    fmt,
+    prune_structures,
+    regularizer_sweeps,
+    structure_of_prefix,
+    structure_prefix,
+    validate_config,
+)
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -53,6 +60,7 @@ wildcard_constraints:
     seed=r"\d+",
     lam=NUMBER,
     rate=NUMBER,
+    structure=r"(block[0-9]+-)?",  # the pruning structure before prune{rate}: none = element
     beta=NUMBER,
     variant=rf"none|l1|hoyer|tl1-beta{NUMBER}",
     dataset=r"[a-z0-9-]+",
@@ -78,32 +86,40 @@ def dual_choice(name):
         return json.load(fh)
 
 
+def dual_prefixes(name):
+    """The stage 2 folders of experiment ``name``: one per prune rate and pruning structure,
+    ``dual/prune{rate}`` (element) or ``dual/block16-prune{rate}`` (block16)."""
+    dual = EXPERIMENTS[name].get("dual")
+    if not dual:
+        return []
+    return [f"{RESULTS}/{name}/dual/{structure_prefix(label)}prune{fmt(rate)}"
+            for rate in dual["prune_rates"] for label in prune_structures(dual)]
+
+
 def run_dirs(name):
     """Every run directory of experiment ``name`` known before any run: all but stage 3's TL1
     runs (:func:`stage3_dirs`)."""
     exp = EXPERIMENTS[name]
     root = f"{RESULTS}/{name}"
-    dual = exp.get("dual")
     dirs = []
     for seed in exp["seeds"]:
         dirs.append(f"{root}/baseline/seed{seed}")
         if "finetune" in exp:
             dirs += [f"{root}/{v}/lam{fmt(lam)}/seed{seed}" for v, _, lam, _ in variants(exp)]
-        for rate in dual["prune_rates"] if dual else []:
-            prefix = f"{root}/dual/prune{fmt(rate)}"
+        for prefix in dual_prefixes(name):
             dirs += [f"{prefix}/stage2/seed{seed}", f"{prefix}/lam0/seed{seed}"]
     return dirs
 
 
 def stage3_dirs(name):
-    """Stage 3's TL1 run directories of experiment ``name``, once its choice is made."""
+    """Stage 3's TL1 run directories of experiment ``name``, once its choice is made (the same
+    β and λ for every pruning structure)."""
     exp = EXPERIMENTS[name]
     if not exp.get("dual"):
         return []
     choice = dual_choice(name)
-    return [f"{RESULTS}/{name}/dual/prune{fmt(rate)}/tl1-beta{fmt(choice['beta'])}/"
-            f"lam{fmt(lam)}/seed{seed}"
-            for seed in exp["seeds"] for rate in exp["dual"]["prune_rates"]
+    return [f"{prefix}/tl1-beta{fmt(choice['beta'])}/lam{fmt(lam)}/seed{seed}"
+            for seed in exp["seeds"] for prefix in dual_prefixes(name)
             for lam in choice["lams"]]
 
 
@@ -163,8 +179,8 @@ def report_figures():
     return stems
 
 
-REPORT_TABLES = ["frontier", "activation_sparsity", "dual_sparse", "paper_vs_reproduced",
-                 "diverged", "latency_models"]
+REPORT_TABLES = ["frontier", "activation_sparsity", "dual_sparse", "dual_structures",
+                 "paper_vs_reproduced", "diverged", "latency_models"]
 
 
 def report_targets():
@@ -183,7 +199,8 @@ def baseline_model(wildcards):
 
 
 def stage2_model(wildcards):
-    return f"{RESULTS}/{wildcards.exp}/dual/prune{wildcards.rate}/stage2/seed{wildcards.seed}/model.pt"
+    return (f"{RESULTS}/{wildcards.exp}/dual/{wildcards.structure}prune{wildcards.rate}/stage2/"
+            f"seed{wildcards.seed}/model.pt")
 
 
 # ---------------------------------------------------------------- CLI arguments
@@ -235,27 +252,38 @@ def actreg_args(wildcards):
     return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
 
 
+def structure_tags(wildcards):
+    """The prune_structure tag of a block-structured dual run (block16). Element runs get none:
+    their commands predate block pruning and must stay as they were, or they would rerun
+    (dstcore.aggregate reads a dual run without the tag as element)."""
+    structure, block_out = structure_of_prefix(wildcards.structure)
+    return {} if structure == "element" else {"prune_structure": f"block{block_out}"}
+
+
 def prune_args(wildcards):
     dual = EXPERIMENTS[wildcards.exp]["dual"]
     prune = {"rate": float(wildcards.rate), "weight_l1": dual["weight_l1"],
              "l1_epochs": dual["l1_epochs"], "finetune_epochs": dual["finetune_epochs"],
              "scope": dual["scope"]}
+    structure, block_out = structure_of_prefix(wildcards.structure)
+    if structure != "element":
+        prune.update(structure=structure, block_out=block_out)
     labels = tags(experiment=wildcards.exp, kind="pruned", method="none",
-                  prune_rate=wildcards.rate)
+                  prune_rate=wildcards.rate, **structure_tags(wildcards))
     return f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} {labels}"
 
 
 def dual_control_args(wildcards):
     """Stage 3's lam = 0 control: the pruned model fine-tuned with the masks fixed, no penalty."""
     labels = tags(experiment=wildcards.exp, kind="dual_control", method="none", lam=0,
-                  prune_rate=wildcards.rate)
+                  prune_rate=wildcards.rate, **structure_tags(wildcards))
     return f"{common_args(wildcards, 'finetune')} --set reg.method='none' {labels}"
 
 
 def dual_args(wildcards):
     reg = {"method": "tl1", "lam": float(wildcards.lam), "beta": float(wildcards.beta)}
     labels = tags(experiment=wildcards.exp, kind="dual", method="tl1", lam=wildcards.lam,
-                  beta=wildcards.beta, prune_rate=wildcards.rate)
+                  beta=wildcards.beta, prune_rate=wildcards.rate, **structure_tags(wildcards))
     return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
 
 

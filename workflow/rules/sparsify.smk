@@ -1,5 +1,7 @@
 # Dual sparse training: stage 2 (weight l1 + magnitude pruning + masked fine-tune) and
-# stage 3 (TL1 on the activations with the masks fixed, beside a lam = 0 control). Stage 3's
+# stage 3 (TL1 on the activations with the masks fixed, beside a lam = 0 control), for each
+# pruning structure: {structure} is empty for element (unstructured) runs, whose paths predate
+# block pruning, and e.g. block16- for block-structured ones (dual/block16-prune0.9/...). Stage 3's
 # TL1 beta and lams are chosen from the activation-regulariser sweeps by a documented rule
 # (dual.tl1_beta / dual.tl1_lams: auto), so they are a checkpoint's output.
 
@@ -11,13 +13,13 @@ rule prune_weights:
         data=prepared_data,
         parent=baseline_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}/metrics.json",
+        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/metrics.json",
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/stage2/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}.tsv"
     params:
         args=prune_args,
     threads: config["threads_per_job"]
@@ -60,13 +62,13 @@ rule dual_control:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}/metrics.json",
+        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/metrics.json",
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/lam0/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}.tsv"
     params:
         args=dual_control_args,
     threads: config["threads_per_job"]
@@ -87,13 +89,13 @@ rule dual_tl1:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/metrics.json",
+        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/model.pt",
+        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/train.json",
+        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/metrics.json",
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.log",
+        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.tsv"
     params:
         args=dual_args,
     threads: config["threads_per_job"]

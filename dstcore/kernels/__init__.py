@@ -11,7 +11,8 @@ Kinds (``KERNELS``):
 ``prepare(kind, module_or_weight, ...)`` returns a callable kernel object: conv
 ``[N, C, H, W] -> [N, K, OH, OW]``, linear ``[N, in] -> [N, out]`` (float32, CPU for the CPU
 kinds). ``sparsify_model`` swaps every Conv2d/Linear of a model for a kernel-backed module.
-ONNX Runtime (dense) lives in :mod:`dstcore.kernels.onnxrt`.
+ONNX Runtime (dense) lives in :mod:`dstcore.kernels.onnxrt`. ``compile_model`` (in
+:mod:`dstcore.kernels.runner`) compiles a whole model into one native call per forward.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def prepare(kind: str, module_or_weight: nn.Module | Tensor, bias: Tensor | None
     raise TypeError(f"expected nn.Conv2d, nn.Linear or a weight tensor, got {type(module_or_weight)}")
 
 
+from dstcore.kernels.runner import RUNNER_KINDS, UnsupportedModel, compile_model  # noqa: E402
 from dstcore.kernels.swap import KernelModule, sparsify_model  # noqa: E402
 
 __all__ = [
@@ -125,7 +127,10 @@ __all__ = [
     "ConvParams",
     "Kernel",
     "KernelModule",
+    "RUNNER_KINDS",
+    "UnsupportedModel",
     "available_kinds",
+    "compile_model",
     "conv_params",
     "cuda_available",
     "prepare",

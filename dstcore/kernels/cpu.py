@@ -109,6 +109,28 @@ def choose_block(taps: int, kg: int, max_lanes: int = MAX_ACC_LANES) -> int:
     return best
 
 
+def act_weight_layout(w: Tensor, bias: Tensor | None, groups: int,
+                      kb: int) -> tuple[Tensor, Tensor]:
+    """Weights and bias as the act/dual kernels read them, for output-channel block ``kb``.
+
+    w: [K, C/groups, R, S] -> flat [G][nkb][R][Cg][S][KB] (output channels zero padded to a
+    multiple of KB) + S*KB zeros of slack; bias -> flat [G][Kpad] + KB zeros (zeros if None).
+    """
+    w = w.detach().to("cpu", torch.float32)
+    kout, cg, r, s = w.shape
+    kg = kout // groups
+    nkb = -(-kg // kb)
+    wp = torch.zeros(groups, nkb * kb, cg, r, s)
+    wp[:, :kg] = w.reshape(groups, kg, cg, r, s)
+    # [G, nkb, KB, Cg, R, S] -> [G, nkb, R, Cg, S, KB]
+    wl = wp.reshape(groups, nkb, kb, cg, r, s).permute(0, 1, 4, 3, 5, 2).contiguous()
+    bp = torch.zeros(groups, nkb * kb)
+    if bias is not None:
+        bp[:, :kg] = bias.detach().to("cpu", torch.float32).reshape(groups, kg)
+    return (torch.cat([wl.reshape(-1), torch.zeros(s * kb)]),
+            torch.cat([bp.reshape(-1), torch.zeros(kb)]))
+
+
 def _check_input(x: Tensor, ndim: int) -> Tensor:
     """x detached (the kernels are inference only), after checking dtype/device/rank."""
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != ndim:
@@ -218,16 +240,8 @@ class _ActBase(Kernel):
         self.spec = KSpec(s, self.kb)
         self.nkb = -(-kg // self.kb)
         self.kpad = self.nkb * self.kb
-        wp = torch.zeros(g, self.kpad, cg, r, s)
-        wp[:, :kg] = w.reshape(g, kg, cg, r, s)
-        # [G, nkb, KB, Cg, R, S] -> [G, nkb, R, Cg, S, KB]
-        wl = wp.reshape(g, self.nkb, self.kb, cg, r, s).permute(0, 1, 4, 3, 5, 2).contiguous()
-        self._wf_t = torch.cat([wl.reshape(-1), torch.zeros(s * self.kb)])
+        self._wf_t, self._bias_t = act_weight_layout(w, bias, g, self.kb)
         self.wf = self._wf_t.numpy()
-        bp = torch.zeros(g, self.kpad)
-        if bias is not None:
-            bp[:, :kg] = bias.detach().to("cpu", torch.float32).reshape(g, kg)
-        self._bias_t = torch.cat([bp.reshape(-1), torch.zeros(self.kb)])
         self.bias = self._bias_t.numpy()
         self._ws_key: tuple | None = None
 

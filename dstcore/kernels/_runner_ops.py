@@ -1,0 +1,284 @@
+"""Numba building blocks of the whole-model runner (:mod:`dstcore.kernels.runner`).
+
+Every activation is a flat float32 NHWC buffer. Convolutions (and linear layers, as 1x1
+convs on a 1x1 image) run the register-blocked rows of :func:`_conv._act_rows` on
+per-position non-zero lists, followed by a fused epilogue on the same output row:
+``mode`` 0 = none, 1 = ReLU, 2 = add a residual, 3 = add a residual then ReLU. The runner's
+``dense`` kind feeds the same rows with static lists that name every channel (no per-call
+work); ``act_sparse`` compresses the input first; ``dual_sparse`` on block-pruned weights
+keeps one list per block of 16 output channels with only the input channels alive in it.
+The remaining ops (layout changes, pooling, channel concatenation, affine, add) are plain
+loops; they are memory bound and small next to the convolutions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
+
+from dstcore.kernels._compress import _emit_seq, _prefix
+from dstcore.kernels._conv import G_K, G_N, G_OH, G_OW, _act_rows
+from dstcore.kernels._simd import nzmask16
+
+_FM = {"contract"}
+BLOCK_OUT = 16  # output channels per block of the block-pruned (structured) dual path
+
+
+@intrinsic
+def popcount(typingctx, m):
+    """Number of set bits of a uint64."""
+    if m != types.uint64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]),
+                                            "llvm.ctpop.i64")
+        return builder.call(fn, [args[0]])
+    return types.uint64(m), codegen
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@njit(cache=True)
+def nchw_to_nhwc(x, out, N, C, H, W):
+    """out[n, h, w, c] = x[n, c, h, w] (both flat)."""
+    P = H * W
+    for n in range(N):
+        for c in range(C):
+            xo = (n * C + c) * P
+            oo = n * P * C + c
+            for p in range(P):
+                out[oo + p * C] = x[xo + p]
+
+
+@njit(cache=True)
+def nhwc_to_nchw(x, out, N, C, H, W):
+    """out[n, c, h, w] = x[n, h, w, c] (both flat)."""
+    P = H * W
+    for n in range(N):
+        for p in range(P):
+            xo = (n * P + p) * C
+            for c in range(C):
+                out[(n * C + c) * P + p] = x[xo + c]
+
+
+@njit(cache=True)
+def copy_into(x, out, n):
+    """out[:n] = x[:n]."""
+    for i in range(n):
+        out[i] = x[i]
+
+
+@njit(cache=True)
+def copy_channels(x, out, NP, C, Ctot, c0):
+    """Channel concatenation: out[p, c0:c0+C] = x[p, :] for NP positions (NHWC)."""
+    for p in range(NP):
+        xo = p * C
+        oo = p * Ctot + c0
+        for c in range(C):
+            out[oo + c] = x[xo + c]
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+
+@njit(cache=True, fastmath=_FM)
+def _ep_range(of, res, mode, o0, o1):
+    if mode == 1:
+        for i in range(o0, o1):
+            of[i] = max(of[i], np.float32(0.0))
+    elif mode == 2:
+        for i in range(o0, o1):
+            of[i] = of[i] + res[i]
+    elif mode == 3:
+        for i in range(o0, o1):
+            of[i] = max(of[i] + res[i], np.float32(0.0))
+
+
+@njit(cache=True, fastmath=_FM)
+def add_ep(a, b, out, n, relu):
+    """out = a + b, then ReLU if relu."""
+    for i in range(n):
+        v = a[i] + b[i]
+        out[i] = max(v, np.float32(0.0)) if relu else v
+
+
+@njit(cache=True, fastmath=_FM)
+def relu_into(x, out, n):
+    for i in range(n):
+        out[i] = max(x[i], np.float32(0.0))
+
+
+@njit(cache=True, fastmath=_FM)
+def affine_ep(x, out, NP, C, scale, shift, relu):
+    """Per-channel out = x * scale + shift (a BatchNorm not folded into a conv), + ReLU."""
+    for p in range(NP):
+        o = p * C
+        for c in range(C):
+            v = x[o + c] * scale[c] + shift[c]
+            out[o + c] = max(v, np.float32(0.0)) if relu else v
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+@njit(cache=True, fastmath=_FM)
+def pool_nhwc(x, out, geo, is_max, include_pad):
+    """Max / average pooling, NHWC. geo = [N, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw].
+
+    Average pooling divides like torch: by the window clipped to the padded input when
+    ``include_pad`` (count_include_pad=True), else by the number of real inputs.
+    """
+    N, H, W, C, OH, OW = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
+    kh, kw, sh, sw, ph, pw, dh, dw = geo[6], geo[7], geo[8], geo[9], geo[10], geo[11], \
+        geo[12], geo[13]
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                o = ((n * OH + oh) * OW + ow) * C
+                init = -np.inf if is_max else 0.0
+                for c in range(C):
+                    out[o + c] = init
+                cnt = 0
+                for r in range(kh):
+                    h = oh * sh - ph + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    for s in range(kw):
+                        w = ow * sw - pw + s * dw
+                        if w < 0 or w >= W:
+                            continue
+                        cnt += 1
+                        i = ((n * H + h) * W + w) * C
+                        if is_max:
+                            for c in range(C):
+                                out[o + c] = max(out[o + c], x[i + c])
+                        else:
+                            for c in range(C):
+                                out[o + c] += x[i + c]
+                if not is_max:
+                    if include_pad:
+                        h0 = oh * sh - ph
+                        w0 = ow * sw - pw
+                        cnt = (min(h0 + kh, H + ph) - h0) * (min(w0 + kw, W + pw) - w0)
+                    inv = np.float32(1.0) / np.float32(max(cnt, 1))
+                    for c in range(C):
+                        out[o + c] *= inv
+
+
+@njit(cache=True, fastmath=_FM)
+def adaptive_pool_nhwc(x, out, N, H, W, C, OH, OW, is_max):
+    """torch's adaptive max / average pooling: window [floor(i*H/OH), ceil((i+1)*H/OH))."""
+    for n in range(N):
+        for oh in range(OH):
+            h0 = (oh * H) // OH
+            h1 = ((oh + 1) * H + OH - 1) // OH
+            for ow in range(OW):
+                w0 = (ow * W) // OW
+                w1 = ((ow + 1) * W + OW - 1) // OW
+                o = ((n * OH + oh) * OW + ow) * C
+                for c in range(C):
+                    out[o + c] = -np.inf if is_max else 0.0
+                for h in range(h0, h1):
+                    for w in range(w0, w1):
+                        i = ((n * H + h) * W + w) * C
+                        if is_max:
+                            for c in range(C):
+                                out[o + c] = max(out[o + c], x[i + c])
+                        else:
+                            for c in range(C):
+                                out[o + c] += x[i + c]
+                if not is_max:
+                    inv = np.float32(1.0) / np.float32((h1 - h0) * (w1 - w0))
+                    for c in range(C):
+                        out[o + c] *= inv
+
+
+# ----------------------------------------------------------------------------- convolutions
+
+
+@njit(cache=True, fastmath=_FM)
+def _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, r0, r1):
+    """Output rows [r0, r1) (a row = image n, output row oh; groups = 1), then the epilogue."""
+    _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1)
+    if mode != 0:
+        row_len = geo[G_OW] * geo[G_K]
+        _ep_range(of, res, mode, r0 * row_len, r1 * row_len)
+
+
+@njit(cache=True, fastmath=_FM)
+def conv_serial(spec, geo, ptr, q, val, wf, bias, of, res, mode):
+    """One conv/linear layer on non-zero lists (see :func:`_conv._act_rows`) + epilogue."""
+    _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, 0, geo[G_N] * geo[G_OH])
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def conv_parallel(spec, geo, ptr, q, val, wf, bias, of, res, mode):
+    for i in prange(geo[G_N] * geo[G_OH]):
+        _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, i, i + 1)
+
+
+@njit(cache=True, fastmath=_FM)
+def _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode, r0, r1):
+    """Rows [r0, r1) of a block-pruned layer: block g (16 output channels) reads its own
+    lists ptr[g*NP : (g+1)*NP + 1] (only its alive input channels) and weights
+    wf[g*wstride:], and writes channels [16g, 16g+16) of each output pixel."""
+    for g in range(nblk):
+        _act_rows(spec, geo, ptr[g * NP:(g + 1) * NP + 1], q, val, wf[g * wstride:],
+                  bias[g * BLOCK_OUT:], of[g * BLOCK_OUT:], r0, r1)
+    if mode != 0:
+        row_len = geo[G_OW] * geo[G_K]
+        _ep_range(of, res, mode, r0 * row_len, r1 * row_len)
+
+
+@njit(cache=True, fastmath=_FM)
+def block_conv_serial(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode):
+    _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode,
+                0, geo[G_N] * geo[G_OH])
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def block_conv_parallel(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode):
+    for i in prange(geo[G_N] * geo[G_OH]):
+        _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode, i, i + 1)
+
+
+@njit(cache=True, fastmath=_FM)
+def compress_blocks(x, NP, C, nblk, amask, ptr, q, val, cnt):
+    """Per-block non-zero lists of an NHWC input [NP, C] (C a multiple of 16).
+
+    List of block g, position p: the channels c with x[p, c] != 0 and bit c%16 of
+    ``amask[g * C/16 + c//16]`` set (input channel alive in block g), channels increasing.
+    ``ptr`` (length nblk*NP + 1) is block-major, so block g's CSR is
+    ``ptr[g*NP : (g+1)*NP + 1]`` with global offsets into q / val. Returns the entries.
+    """
+    nch = C // 16
+    for p in range(NP):
+        for g in range(nblk):
+            s = np.uint64(0)
+            for k in range(nch):
+                s += popcount(nzmask16(x, p * C + k * 16) & np.uint64(amask[g * nch + k]))
+            cnt[g * NP + p] = s
+    nnz = _prefix(cnt, ptr, nblk * NP)
+    for p in range(NP):
+        for g in range(nblk):
+            j = cnt[g * NP + p]
+            for k in range(nch):
+                m = nzmask16(x, p * C + k * 16) & np.uint64(amask[g * nch + k])
+                j = _emit_seq(m, k * 16, x, p * C, q, val, j)
+    return nnz
+
+
+@njit(cache=True)
+def static_lists(ptr, q, NP, C):
+    """Lists that name every channel: ptr[p] = p*C, q[j] = j % C (the runner's dense kind)."""
+    for p in range(NP + 1):
+        ptr[p] = p * C
+    for p in range(NP):
+        for c in range(C):
+            q[p * C + c] = c

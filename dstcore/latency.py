@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from dstcore.flops import conv2d_macs, linear_macs
 from dstcore.io import write_with
-from dstcore.kernels import CPU_KINDS, prepare, sparsify_model
+from dstcore.kernels import CPU_KINDS, prepare
 from dstcore.kernels.cpu import MAX_ACC_LANES, Kernel
 from dstcore.sparsity.activations import register_hooks, weighted_layers
 
@@ -425,6 +425,43 @@ def _sweep_cell(layer: LayerShape, batch: int, nthr: int, ws: float, acts: Seque
 # ----------------------------------------------------------------------------- per model
 
 
+#: runner kind -> kernel name in the latency tables (the runner's dense kind is not torch's)
+RUNNER_NAMES = {"dense": "runner_dense", "act_sparse": "act_sparse",
+                "dual_sparse": "dual_sparse"}
+
+
+def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | None,
+                 runner_kinds: Sequence[str], warmup: int = 3, repeats: int = 20,
+                 rounds: int = 4) -> dict[str, dict[str, float]]:
+    """End-to-end latency of one model on batch ``x`` with ``nthr`` threads, every engine
+    timed interleaved in this process: torch eager ('dense'), ONNX Runtime ('onnxruntime',
+    when ``onnx_model`` is given; no spinning) and :func:`dstcore.kernels.compile_model` of
+    each of ``runner_kinds`` (named by ``RUNNER_NAMES``). Per engine: the statistics of
+    :func:`time_interleaved` with ``speedup`` over torch eager, ``speedup_vs_ort`` (ratio of
+    medians; NaN without ORT) and ``max_abs_err`` against torch eager's output."""
+    from dstcore.kernels import compile_model
+    from dstcore.kernels.onnxrt import OrtRunner
+
+    with torch.no_grad():
+        ref = model(x)
+    fns: dict[str, Callable[[], Any]] = {"dense": lambda: model(x)}
+    errs = {"dense": 0.0}
+    if onnx_model is not None:
+        ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
+        fns["onnxruntime"] = lambda: ort_run(x)
+        errs["onnxruntime"] = _max_err(ort_run(x), ref)
+    for kind in runner_kinds:
+        compiled = compile_model(model, kind, threads=nthr)
+        errs[RUNNER_NAMES[kind]] = _max_err(compiled(x), ref)
+        fns[RUNNER_NAMES[kind]] = lambda c=compiled: c(x)
+    res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
+    ort_ms = res["onnxruntime"]["median_ms"] if "onnxruntime" in res else np.nan
+    for name, st in res.items():
+        st["speedup_vs_ort"] = ort_ms / st["median_ms"]
+        st["max_abs_err"] = errs[name]
+    return res
+
+
 def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     """Input of every Conv2d / Linear of ``model`` on batch ``x`` (first call of each layer)."""
     got: dict[str, Tensor] = {}
@@ -450,7 +487,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                           kinds: Sequence[str] = SPARSE_KINDS,
                           batch_sizes: Sequence[int] = (1, 8),
                           thread_counts: Sequence[int | None] = (1, None),
-                          include_ort: bool = True, keep_first_dense: bool = True,
+                          include_ort: bool = True,
+                          runner_kinds: Sequence[str] = ("dense", "act_sparse", "dual_sparse"),
                           per_layer: bool = True, warmup: int = 3, repeats: int = 20,
                           rounds: int = 4, model_name: str = "model",
                           log: Callable[[str], None] | None = None) -> pd.DataFrame:
@@ -460,8 +498,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     ``inputs``: a batch of real inputs [M, ...]; the first b are used for batch size b
     (repeated when M < b). For each batch size and thread count (None = all threads):
 
-    - scope='model': dense torch, each kernel kind via :func:`sparsify_model`
-      (``keep_first_dense``), and ONNX Runtime (dense); ``max_abs_err`` vs dense output;
+    - scope='model': the engines of :func:`time_engines` (torch eager as kernel 'dense',
+      ONNX Runtime, the compiled runner's kinds); ``max_abs_err`` vs torch eager;
     - scope='layer': every Conv2d/Linear on the exact input it sees in the dense model,
       each kernel (also the first layer), dense torch and the layer exported alone to ORT;
       ``compute_median_ms`` excludes per-call input compression.
@@ -469,12 +507,11 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     ``ideal_speedup`` = dense multiplications / multiplications with weight != 0 and input
     != 0 (model rows: summed over layers). Writes ``out_csv`` (+ ``.meta.json``) atomically.
     """
-    from dstcore.kernels.onnxrt import OrtRunner, export_onnx
+    from dstcore.kernels.onnxrt import export_onnx
 
     log = log or (lambda s: None)
     model = model.eval().cpu()
     inputs = inputs.detach().float().cpu()
-    swapped = {k: sparsify_model(model, k, keep_first_dense=keep_first_dense) for k in kinds}
     layer_mods = dict(weighted_layers(model))
     layer_kernels = {n: {k: prepare(k, m) for k in ("dense", *kinds)}
                      for n, m in layer_mods.items()} if per_layer else {}
@@ -488,26 +525,16 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         x = _batch_of(inputs, b)
         xin = _layer_inputs(model, x)
         macs = {n: _macs(m, xin[n], m.weight.detach()) for n, m in layer_mods.items()}
-        with torch.no_grad():
-            ref = model(x)
         for tc in thread_counts:
             with threads(tc) as nthr, torch.no_grad():
-                fns: dict[str, Callable[[], Any]] = {"dense": lambda x=x: model(x)}
-                errs = {"dense": 0.0}
-                for k, sm in swapped.items():
-                    fns[k] = (lambda sm=sm, x=x: sm(x))
-                    errs[k] = _max_err(sm(x), ref)
-                if onnx_model is not None:
-                    ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
-                    fns["onnxruntime"] = lambda r=ort_run, x=x: r(x)
-                    errs["onnxruntime"] = _max_err(ort_run(x), ref)
-                res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
+                res = time_engines(model, x, nthr, onnx_model, runner_kinds, warmup,
+                                   repeats, rounds)
                 d_all = sum(v[0] for v in macs.values())
                 e_all = sum(v[1] for v in macs.values())
                 for k, st in res.items():
                     rows.append(_model_row(model_name, "model", model_name, "model", k, b, nthr,
                                            st, res["dense"]["median_ms"], np.nan, d_all, e_all,
-                                           errs[k], np.nan, np.nan, tuple(x.shape)))
+                                           st["max_abs_err"], np.nan, np.nan, tuple(x.shape)))
                 log(f"{model_name}: model batch={b} threads={nthr} done")
                 if per_layer:
                     for n, m in layer_mods.items():
@@ -522,7 +549,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         "kind": "model_latency", "model": model_name, "kinds": list(kinds),
         "batch_sizes": list(batch_sizes),
         "thread_counts": [max_threads() if t is None else t for t in thread_counts],
-        "include_ort": include_ort, "keep_first_dense": keep_first_dense, "warmup": warmup,
+        "include_ort": include_ort, "runner_kinds": list(runner_kinds), "warmup": warmup,
         "repeats": repeats, "rounds": rounds}, meta_path(out_csv))
     return df
 
@@ -570,6 +597,7 @@ def _model_row(model_name: str, scope: str, layer: str, ltype: str, kernel: str,
             "median_ms": st["median_ms"], "p10_ms": st["p10_ms"], "p90_ms": st["p90_ms"],
             "mean_ms": st["mean_ms"], "std_ms": st["std_ms"], "compute_median_ms": compute_ms,
             "dense_median_ms": dense_ms, "speedup": st.get("speedup", np.nan),
+            "speedup_vs_ort": st.get("speedup_vs_ort", np.nan),
             "ideal_speedup": dense_macs / eff_macs if eff_macs else np.inf,
             "dense_macs": dense_macs, "effective_macs": eff_macs, "act_sparsity": asp,
             "weight_sparsity": wsp, "max_abs_err": err, "input_shape": "x".join(map(str, shape)),

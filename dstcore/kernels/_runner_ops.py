@@ -223,6 +223,32 @@ def conv_parallel(spec, geo, ptr, q, val, wf, bias, of, res, mode):
         _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, i, i + 1)
 
 
+@njit(cache=True)
+def im2col_nhwc(x, col, geo):
+    """Patches of an NHWC image: col[n, oh, ow, (r, s, c)] (zeros outside), so a conv with few
+    input channels (the image layer) runs as a 1x1 conv over R*S*C channels.
+    geo = [N, H, W, C, OH, OW, R, S, sh, sw, ph, pw, dh, dw]."""
+    N, H, W, C, OH, OW, R, S = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
+    sh, sw, ph, pw, dh, dw = geo[8], geo[9], geo[10], geo[11], geo[12], geo[13]
+    rsc = R * S * C
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                base = ((n * OH + oh) * OW + ow) * rsc
+                for r in range(R):
+                    ih = oh * sh - ph + r * dh
+                    for s in range(S):
+                        iw = ow * sw - pw + s * dw
+                        o = base + (r * S + s) * C
+                        if ih < 0 or ih >= H or iw < 0 or iw >= W:
+                            for c in range(C):
+                                col[o + c] = 0.0
+                        else:
+                            i = ((n * H + ih) * W + iw) * C
+                            for c in range(C):
+                                col[o + c] = x[i + c]
+
+
 @njit(cache=True, fastmath=_FM)
 def _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mode, r0, r1):
     """Rows [r0, r1) of a block-pruned layer: block g (16 output channels) reads its own

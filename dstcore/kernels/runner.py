@@ -48,6 +48,9 @@ RUNNER_KINDS = ("dense", "act_sparse", "dual_sparse")
 BLOCK_ZERO_FRACTION = 0.25
 SLACK = 256  # float32 elements after every buffer (vector loads may read past the end)
 ALIGN = 16
+#: convs with at most this many input channels (the image layer) run as im2col + a 1x1 conv
+#: over R*S*C channels: with C = 3 the per-position lists are too short to amortise
+IM2COL_MAX_CHANNELS = 4
 
 
 MAX_OPERATIONS = 250  # traced operations; ResNet50 has 122, GoogLeNet 140, DenseNet121 372
@@ -286,6 +289,23 @@ class _Pool(_Op):
         if not self.adaptive:
             vals["geo"] = mem.const("I", np.array([mem.n, h, w, c, oh, ow, *self.geo], np.int64))
         return vals
+
+
+@dataclass
+class _Im2Col(_Op):
+    """Patches of the input (see :func:`_runner_ops.im2col_nhwc`)."""
+
+    geo: tuple[int, ...] = ()  # R, S, sh, sw, ph, pw, dh, dw
+
+    def calls(self) -> list[_Call]:
+        return [_Call("im2col_nhwc", [("F", "x"), ("F", "y"), ("I", "geo")])]
+
+    def fill(self, mem, shapes):
+        h, w, c = shapes[self.ins[0]]
+        oh, ow, _ = shapes[self.out]
+        geo = np.array([mem.n, h, w, c, oh, ow, *self.geo], np.int64)
+        return {"x": mem.values[self.ins[0]], "y": mem.values[self.out],
+                "geo": mem.const("I", geo)}
 
 
 @dataclass
@@ -555,6 +575,8 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     oh, ow = params.out_hw(h, wd)
     amask = _block_mask(w) if low.kind == "dual_sparse" else None
     path = "static" if low.kind == "dense" else ("block" if amask is not None else "compress")
+    if params.in_channels <= IM2COL_MAX_CHANNELS and params.kernel_size != (1, 1):
+        x, w, params = _im2col(low, x, w, params)
     taps = params.kernel_size[1]
     kb = BLOCK_OUT if path == "block" else choose_block(taps, params.out_channels, MAX_ACC_LANES)
     wf, bf = act_weight_layout(w, mod.bias, 1, kb)
@@ -567,6 +589,19 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
                        "weight_sparsity": float((w == 0).float().mean())})
     low.env[last] = y
     low.env[node] = y
+
+
+def _im2col(low: _Lowering, x: int, w: Tensor, params: ConvParams
+            ) -> tuple[int, Tensor, ConvParams]:
+    """Lower a conv with few input channels to im2col + a 1x1 conv over R*S*C channels."""
+    h, wd, c = low.shapes[x]
+    oh, ow = params.out_hw(h, wd)
+    (r, s), k = params.kernel_size, params.out_channels
+    col = low.new_value((oh, ow, r * s * c))
+    low.ops.append(_Im2Col([x], col, geo=(r, s, *params.stride, *params.padding,
+                                           *params.dilation)))
+    w1 = w.permute(0, 2, 3, 1).reshape(k, r * s * c, 1, 1)
+    return col, w1, ConvParams(r * s * c, k, (1, 1))
 
 
 def _lower_add(low: _Lowering, node: torch.fx.Node) -> None:

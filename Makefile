@@ -53,6 +53,7 @@ lint: $(STAMP)
 # latency tables of the pipeline (results/latency/; trains the models first if needed).
 bench: $(STAMP)
 	$(BIN)/dst latency sweep --out results/bench
+	$(BIN)/dst latency resnets --out results/bench
 	$(BIN)/snakemake latency --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
 clean-results:

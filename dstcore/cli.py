@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dstcore import DstError, one_line
@@ -112,6 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     q = lat.add_parser("sweep", help="synthetic layers x activation/weight sparsity grid")
     q.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
     q.add_argument("--quick", action="store_true", help="a tiny grid (seconds)")
+    q = lat.add_parser("resnets", help="whole ResNet18/50 at 224x224, synthetic sparsity: the "
+                                       "runner vs torch eager and ONNX Runtime")
+    q.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
+    q.add_argument("--models", nargs="+", default=["resnet18", "resnet50"])
+    q.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7, 0.8, 0.9, 0.95],
+                   help="input sparsity of every conv but the first")
+    q.add_argument("--weight-sparsities", type=float, nargs="+", default=[0.0, 0.8],
+                   help="block-pruned weight sparsity (0 = dense weights)")
+    q.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    q.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    q.add_argument("--size", type=int, default=224, help="image height and width")
+    q.add_argument("--repeats", type=int, default=4)
     q = lat.add_parser("models", help="baseline, best TL1 and best dual model of an experiment")
     q.add_argument("--runs", type=Path, required=True, help="runs.csv from dst aggregate")
     q.add_argument("--results", type=Path, required=True, help="results folder (run paths)")
@@ -250,6 +263,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         out = latency.run_synthetic_sweep(args.out, quick=args.quick, log=say)
         print(out["crossover"].to_string(index=False))
         return 0
+    if args.what == "resnets":
+        return _latency_resnets(args, say)
     if min(args.threads) < 0 or min(args.batch_sizes) < 1 or args.repeats < 1:
         raise DstError("--threads must be >= 0, --batch-sizes >= 1 and --repeats >= 1")
     threads = [t or None for t in args.threads]
@@ -260,6 +275,24 @@ def cmd_latency(args: argparse.Namespace) -> int:
     model = table[(table.scope == "model") & (table.batch == min(args.batch_sizes))]
     print(model[["role", "kernel", "threads", "median_ms", "speedup", "ideal_speedup"]]
           .to_string(index=False))
+    return 0
+
+
+def _latency_resnets(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    from dstcore.latency_models import run_model_sweep
+
+    if not set(args.models) <= {"resnet18", "resnet34", "resnet50"}:
+        raise DstError(f"--models: torchvision ResNets only (resnet18, resnet34, resnet50), "
+                       f"got {' '.join(args.models)}")
+    if not all(0 <= s < 1 for s in [*args.sparsities, *args.weight_sparsities]):
+        raise DstError("--sparsities and --weight-sparsities must be in [0, 1)")
+    if min(args.threads) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1 or args.size < 32:
+        raise DstError("--threads, --batch-sizes and --repeats must be >= 1, --size >= 32")
+    out = run_model_sweep(args.out, models=args.models, sparsities=args.sparsities,
+                          weight_sparsities=args.weight_sparsities,
+                          batch_sizes=args.batch_sizes, thread_counts=args.threads,
+                          size=args.size, repeats=args.repeats, log=say)
+    print(out["crossover"].to_string(index=False))
     return 0
 
 

@@ -145,7 +145,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     sparsities: Sequence[float] = SWEEP_SPARSITIES,
                     weight_sparsities: Sequence[float] = (0.0, 0.8),
                     batch_sizes: Sequence[int] = (1, 8), thread_counts: Sequence[int] = (1, 2),
-                    size: int = 224, warmup: int = 2, repeats: int = 6, rounds: int = 2,
+                    size: int = 224, warmup: int = 1, repeats: int = 4, rounds: int = 2,
                     log: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """End-to-end latency of torchvision ResNets with synthetic activation sparsity: every
     engine of :func:`dstcore.latency.time_engines` on N(0, 1) inputs, per model, weight

@@ -530,16 +530,19 @@ def dual_macs_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
 
 
 KERNEL_COLORS = {"dense": "#555555", "weight_sparse": _palette[3], "act_sparse": _palette[2],
-                 "dual_sparse": _palette[4], "onnxruntime": _palette[0]}
+                 "dual_sparse": _palette[4], "onnxruntime": _palette[0],
+                 "runner_dense": _palette[1]}
 
 
 def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """End-to-end latency per model role, kernel, batch and thread count (median over seeds),
-    with the measured and the ideal (dense / effective multiplications) speedup over dense."""
+    """End-to-end latency per model role, engine ('kernel'), batch and thread count (median
+    over seeds): the measured speedup over torch eager ('speedup') and over ONNX Runtime
+    ('speedup_vs_ort'), and the ideal one (dense / effective multiplications)."""
+    columns = ["experiment", "role", "activation_sparsity_pct", "weight_sparsity_pct",
+               "kernel", "batch", "threads", "median_ms", "speedup", "speedup_vs_ort",
+               "ideal_speedup"]
     if latency.empty:
-        return pd.DataFrame(columns=["experiment", "role", "activation_sparsity_pct",
-                                     "weight_sparsity_pct", "kernel", "batch", "threads",
-                                     "median_ms", "speedup", "ideal_speedup"])
+        return pd.DataFrame(columns=columns)
     model = latency[latency.scope == "model"].drop(
         columns=["activation_sparsity", "weight_sparsity", "act_sparsity"], errors="ignore").merge(
         runs[["run_dir", "activation_sparsity", "weight_sparsity"]], on="run_dir", how="left")
@@ -549,9 +552,9 @@ def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     out = model.groupby(keys, sort=False).agg(
         activation_sparsity_pct=("activation_sparsity_pct", "mean"),
         weight_sparsity_pct=("weight_sparsity_pct", "mean"), median_ms=("median_ms", "median"),
-        speedup=("speedup", "median"), ideal_speedup=("ideal_speedup", "median")).reset_index()
-    return out[["experiment", "role", "activation_sparsity_pct", "weight_sparsity_pct",
-                "kernel", "batch", "threads", "median_ms", "speedup", "ideal_speedup"]]
+        speedup=("speedup", "median"), speedup_vs_ort=("speedup_vs_ort", "median"),
+        ideal_speedup=("ideal_speedup", "median")).reset_index()
+    return out[columns]
 
 
 def latency_figure(latency: pd.DataFrame, experiment: str) -> plt.Figure:

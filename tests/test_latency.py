@@ -147,12 +147,14 @@ def test_measure_model_latency(tmp_path, monkeypatch):
     assert csv.exists() and L.meta_path(csv).exists()
     back = pd.read_csv(csv)
     assert len(back) == len(df)
-    kernels = {"dense", "onnxruntime", *L.SPARSE_KINDS}
     model_rows = back[back.scope == "model"]
-    assert set(model_rows.kernel) == kernels and set(model_rows.batch) == {1, 4}
+    assert set(model_rows.kernel) == {"dense", "onnxruntime", *L.RUNNER_NAMES.values()}
+    assert set(model_rows.batch) == {1, 4} and model_rows.speedup_vs_ort.notna().all()
+    ort = model_rows[model_rows.kernel == "onnxruntime"]
+    assert (ort.speedup_vs_ort == 1).all()
     layer_rows = back[back.scope == "layer"]
     assert set(layer_rows.layer) == {"conv1", "conv2", "fc"}
-    assert set(layer_rows.kernel) == kernels
+    assert set(layer_rows.kernel) == {"dense", "onnxruntime", *L.SPARSE_KINDS}
     assert (back.max_abs_err < 1e-4).all()
     assert (back.median_ms > 0).all() and back.speedup.notna().all()
     c2 = layer_rows[(layer_rows.layer == "conv2") & (layer_rows.kernel == "dense")].iloc[0]

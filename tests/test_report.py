@@ -229,13 +229,15 @@ def test_latency_table_matches_the_latency_csv(rendered):
     lat = pd.concat([pd.read_csv(p) for p in sorted((results / "latency").rglob("seed*.csv"))])
     model = lat[lat.scope == "model"]
     assert set(model.role) == {"baseline", "best_tl1", "best_dual", "best_dual_block"}
-    assert set(model.kernel) == {"dense", "weight_sparse", "act_sparse", "dual_sparse",
+    assert set(model.kernel) == {"dense", "runner_dense", "act_sparse", "dual_sparse",
                                  "onnxruntime"}
     assert len(shown) == len(model)
     for _, row in model.iterrows():
         match = shown[(shown.role == row.role) & (shown.kernel == row.kernel)
                       & (shown.batch.astype(int) == row.batch)]
         assert float(match.speedup.iloc[0]) == pytest.approx(row.speedup, abs=0.006)
+        assert float(match.speedup_vs_ort.iloc[0]) == pytest.approx(row.speedup_vs_ort,
+                                                                    abs=0.006)
         assert float(match.ideal_speedup.iloc[0]) == pytest.approx(row.ideal_speedup, abs=0.006)
     chosen = json.loads((results / "latency/lenet5_mnist/seed0.meta.json").read_text())["runs"]
     assert chosen["baseline"] == "lenet5_mnist/baseline/seed0"

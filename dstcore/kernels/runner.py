@@ -506,6 +506,8 @@ def _handler(node: torch.fx.Node,
     if isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
         return lambda low, n: _lower_adaptive(low, n, mod.output_size,
                                               isinstance(mod, nn.AdaptiveMaxPool2d))
+    if fn in (F.max_pool2d, F.avg_pool2d):
+        return _functional_pool(node, fn)
     if fn is F.adaptive_avg_pool2d:
         return lambda low, n: _lower_adaptive(low, n, n.args[1], False)
     if isinstance(mod, nn.BatchNorm2d):
@@ -515,6 +517,20 @@ def _handler(node: torch.fx.Node,
     if fn is torch.cat:
         return _lower_cat
     return None
+
+
+def _functional_pool(node: torch.fx.Node, fn: Callable
+                     ) -> Callable[[_Lowering, torch.fx.Node], None] | None:
+    """F.max_pool2d / F.avg_pool2d as the equivalent module (same argument order up to
+    ``dilation`` / ``ceil_mode``), or None for arguments the module form does not take."""
+    kwargs = dict(node.kwargs)
+    if fn is F.max_pool2d and (len(node.args) > 5 or kwargs.pop("return_indices", False)):
+        return None
+    try:
+        mod = (nn.MaxPool2d if fn is F.max_pool2d else nn.AvgPool2d)(*node.args[1:], **kwargs)
+    except TypeError:
+        return None
+    return lambda low, n: _lower_pool(low, n, mod)
 
 
 def _fuse_epilogue(low: _Lowering, node: torch.fx.Node) -> tuple[torch.fx.Node, int, int | None]:

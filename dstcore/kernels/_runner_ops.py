@@ -127,6 +127,17 @@ def affine_ep(x, out, NP, C, scale, shift, relu):
 # ----------------------------------------------------------------------------- pooling
 
 
+@njit(cache=True, fastmath=_FM, inline="always")
+def _pool_into(x, out, i, o, C, is_max):
+    """out[o:o+C] = max(out, x[i:i+C]) (max pooling) or += x[i:i+C] (average pooling)."""
+    if is_max:
+        for c in range(C):
+            out[o + c] = max(out[o + c], x[i + c])
+    else:
+        for c in range(C):
+            out[o + c] += x[i + c]
+
+
 @njit(cache=True, fastmath=_FM)
 def pool_nhwc(x, out, geo, is_max, include_pad):
     """Max / average pooling, NHWC. geo = [N, H, W, C, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw].
@@ -154,13 +165,7 @@ def pool_nhwc(x, out, geo, is_max, include_pad):
                         if w < 0 or w >= W:
                             continue
                         cnt += 1
-                        i = ((n * H + h) * W + w) * C
-                        if is_max:
-                            for c in range(C):
-                                out[o + c] = max(out[o + c], x[i + c])
-                        else:
-                            for c in range(C):
-                                out[o + c] += x[i + c]
+                        _pool_into(x, out, ((n * H + h) * W + w) * C, o, C, is_max)
                 if not is_max:
                     if include_pad:
                         h0 = oh * sh - ph
@@ -186,13 +191,7 @@ def adaptive_pool_nhwc(x, out, N, H, W, C, OH, OW, is_max):
                     out[o + c] = -np.inf if is_max else 0.0
                 for h in range(h0, h1):
                     for w in range(w0, w1):
-                        i = ((n * H + h) * W + w) * C
-                        if is_max:
-                            for c in range(C):
-                                out[o + c] = max(out[o + c], x[i + c])
-                        else:
-                            for c in range(C):
-                                out[o + c] += x[i + c]
+                        _pool_into(x, out, ((n * H + h) * W + w) * C, o, C, is_max)
                 if not is_max:
                     inv = np.float32(1.0) / np.float32((h1 - h0) * (w1 - w0))
                     for c in range(C):

@@ -620,16 +620,21 @@ def _im2col(low: _Lowering, x: int, w: Tensor, params: ConvParams
     return col, w1, ConvParams(r * s * c, k, (1, 1))
 
 
+def _absorb_relu(low: _Lowering, node: torch.fx.Node) -> tuple[torch.fx.Node, bool]:
+    """(the node whose value ``node``'s op produces, whether that includes a ReLU): a ReLU that
+    is ``node``'s only user is fused into it and marked done."""
+    user = _single_user(node)
+    if user is not None and _is_relu(user, low.gm):
+        low.done.add(user)
+        return user, True
+    return node, False
+
+
 def _lower_add(low: _Lowering, node: torch.fx.Node) -> None:
     a, b = (low.value_of(v) for v in node.args)
     if low.shapes[a] != low.shapes[b]:
         raise UnsupportedModel(f"compile_model: broadcasting add {_name(node, low.gm)}")
-    last = node
-    user = _single_user(node)
-    relu = user is not None and _is_relu(user, low.gm)
-    if relu:
-        low.done.add(user)
-        last = user
+    last, relu = _absorb_relu(low, node)
     y = low.new_value(low.shapes[a], low.flat[a])
     low.ops.append(_Eltwise([a, b], y, what="add", relu=relu))
     low.env[node] = low.env[last] = y
@@ -671,12 +676,7 @@ def _lower_affine(low: _Lowering, node: torch.fx.Node, bn: nn.BatchNorm2d) -> No
     x = low.value_of(node.args[0])
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias.detach() - bn.running_mean * scale
-    last = node
-    user = _single_user(node)
-    relu = user is not None and _is_relu(user, low.gm)
-    if relu:
-        low.done.add(user)
-        last = user
+    last, relu = _absorb_relu(low, node)
     a, _ = low.add_weights(scale.numpy())
     _, b = low.add_weights(shift.numpy())
     y = low.new_value(low.shapes[x])
@@ -750,7 +750,8 @@ def _source(ops: list[_Op]) -> tuple[str, list[dict[str, tuple[int, bool]]]]:
                     args.append(a[0])
             lines.append(f"    {call.fn}({', '.join(args)})")
         layout.append(keys)
-    return _HEADER + "\n".join(lines) + "\n", layout
+    header = _HEADER.replace('"""\nfrom numba', f'"""\n# kernels {_kernels_digest()}\nfrom numba', 1)
+    return header + "\n".join(lines) + "\n", layout
 
 
 def cache_dir() -> Path:
@@ -761,6 +762,16 @@ def cache_dir() -> Path:
 
 
 _FORWARDS: dict[str, Callable[..., None]] = {}
+#: modules whose compiled code a generated forward inlines: Numba's disk cache checks only the
+#: generated file, so their source hash goes into it (an edited kernel -> a new forward file)
+_KERNEL_MODULES = ("_runner_ops.py", "_conv.py", "_compress.py", "_simd.py")
+
+
+def _kernels_digest() -> str:
+    h = hashlib.sha256()
+    for name in _KERNEL_MODULES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _load_forward(source: str) -> Callable[..., None]:

@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     q.add_argument("--size", type=int, default=224, help="image height and width")
     q.add_argument("--repeats", type=int, default=4)
+    q.add_argument("--torch-compile", action="store_true",
+                   help="also time torch.compile (inductor) as a peer; compiles per model, "
+                        "batch and thread count (ResNet18 224x224: ~25 s the first time, "
+                        "<1 s for further sparsities from inductor's cache)")
     q = lat.add_parser("models", help="baseline, best TL1 and best dual model of an experiment")
     q.add_argument("--runs", type=Path, required=True, help="runs.csv from dst aggregate")
     q.add_argument("--results", type=Path, required=True, help="results folder (run paths)")
@@ -138,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--warmup", type=int, default=3)
     q.add_argument("--repeats", type=int, default=20)
     q.add_argument("--max-images", type=int, default=64)
+    q.add_argument("--torch-compile", action="store_true",
+                   help="also time torch.compile (inductor) end to end; compiles once per "
+                        "model, batch and thread count")
 
     p = sub.add_parser("choose-tl1", help="stage 3's TL1 beta and lams from the TL1 sweeps "
                                           "(dstcore.frontier.choose_dual_tl1)")
@@ -271,7 +278,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
     table = latency.measure_experiment(
         args.runs, args.results, args.experiment, args.seed, args.out,
         tolerance_pp=args.tolerance_pp, batch_sizes=args.batch_sizes, thread_counts=threads,
-        warmup=args.warmup, repeats=args.repeats, max_images=args.max_images, log=say)
+        warmup=args.warmup, repeats=args.repeats, max_images=args.max_images,
+        torch_compile=args.torch_compile, log=say)
     model = table[(table.scope == "model") & (table.batch == min(args.batch_sizes))]
     print(model[["role", "kernel", "threads", "median_ms", "speedup", "ideal_speedup"]]
           .to_string(index=False))
@@ -291,7 +299,8 @@ def _latency_resnets(args: argparse.Namespace, say: Callable[[str], None]) -> in
     out = run_model_sweep(args.out, models=args.models, sparsities=args.sparsities,
                           weight_sparsities=args.weight_sparsities,
                           batch_sizes=args.batch_sizes, thread_counts=args.threads,
-                          size=args.size, repeats=args.repeats, log=say)
+                          size=args.size, repeats=args.repeats,
+                          torch_compile=args.torch_compile, log=say)
     print(out["crossover"].to_string(index=False))
     return 0
 

@@ -6,7 +6,8 @@ Entry points (for the CLI):
   activation sparsity x weight sparsity grid, every CPU kernel vs dense, batch 1 and 8,
   1 thread and all threads; writes ``latency_synthetic.csv`` and ``crossover_synthetic.csv``.
 - :func:`measure_model_latency` -- per-layer and end-to-end latency of a (trained, pruned)
-  model on real inputs for every kernel and ONNX Runtime, with the ideal speedup.
+  model on real inputs for every kernel and ONNX Runtime (optionally ``torch.compile`` end
+  to end), with the ideal speedup.
 
 Timing: ``time.perf_counter`` around single calls, warm-up first, median and p10/p90 reported.
 Kernels that are compared are timed *interleaved* (round-robin, several rounds) and a speedup
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -432,34 +434,92 @@ RUNNER_NAMES = {"dense": "runner_dense", "act_sparse": "act_sparse",
 
 def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | None,
                  runner_kinds: Sequence[str], warmup: int = 3, repeats: int = 20,
-                 rounds: int = 4) -> dict[str, dict[str, float]]:
+                 rounds: int = 4, *, torch_compile: bool = False) -> dict[str, dict[str, float]]:
     """End-to-end latency of one model on batch ``x`` with ``nthr`` threads, every engine
-    timed interleaved in this process: torch eager ('dense'), ONNX Runtime ('onnxruntime',
-    when ``onnx_model`` is given; no spinning) and :func:`dstcore.kernels.compile_model` of
-    each of ``runner_kinds`` (named by ``RUNNER_NAMES``). Per engine: the statistics of
-    :func:`time_interleaved` with ``speedup`` over torch eager, ``speedup_vs_ort`` (ratio of
-    medians; NaN without ORT) and ``max_abs_err`` against torch eager's output."""
+    timed interleaved in this process under ``torch.no_grad``: torch eager ('dense'), ONNX
+    Runtime ('onnxruntime', when ``onnx_model`` is given; no spinning),
+    :func:`dstcore.kernels.compile_model` of each of ``runner_kinds`` (named by
+    ``RUNNER_NAMES``) and, with ``torch_compile``, ``torch.compile(model, dynamic=False)``
+    ('torch_compile', see :func:`compile_torch`; left out with a warning when it cannot
+    compile). Per engine: the statistics of :func:`time_interleaved` with ``speedup`` over
+    torch eager, ``speedup_vs_ort`` (ratio of medians; NaN without ORT) and ``max_abs_err``
+    against torch eager's output."""
     from dstcore.kernels import compile_model
     from dstcore.kernels.onnxrt import OrtRunner
 
     with torch.no_grad():
         ref = model(x)
-    fns: dict[str, Callable[[], Any]] = {"dense": lambda: model(x)}
-    errs = {"dense": 0.0}
-    if onnx_model is not None:
-        ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
-        fns["onnxruntime"] = lambda: ort_run(x)
-        errs["onnxruntime"] = _max_err(ort_run(x), ref)
-    for kind in runner_kinds:
-        compiled = compile_model(model, kind, threads=nthr)
-        errs[RUNNER_NAMES[kind]] = _max_err(compiled(x), ref)
-        fns[RUNNER_NAMES[kind]] = lambda c=compiled: c(x)
-    res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
+        fns: dict[str, Callable[[], Any]] = {"dense": lambda: model(x)}
+        errs = {"dense": 0.0}
+        if onnx_model is not None:
+            ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
+            fns["onnxruntime"] = lambda: ort_run(x)
+            errs["onnxruntime"] = _max_err(ort_run(x), ref)
+        for kind in runner_kinds:
+            compiled = compile_model(model, kind, threads=nthr)
+            errs[RUNNER_NAMES[kind]] = _max_err(compiled(x), ref)
+            fns[RUNNER_NAMES[kind]] = lambda c=compiled: c(x)
+        if torch_compile:
+            got = compile_torch(model, x)
+            if got is not None:
+                tc_model, tc_out = got
+                errs["torch_compile"] = _max_err(tc_out, ref)
+                fns["torch_compile"] = lambda: tc_model(x)
+        res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
     ort_ms = res["onnxruntime"]["median_ms"] if "onnxruntime" in res else np.nan
     for name, st in res.items():
         st["speedup_vs_ort"] = ort_ms / st["median_ms"]
         st["max_abs_err"] = errs[name]
     return res
+
+
+def compile_torch(model: nn.Module,
+                  x: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor] | None:
+    """``torch.compile(model, dynamic=False)`` (default mode, inductor), compiled for the
+    shape of ``x`` and the current thread count by one call under ``torch.no_grad``.
+
+    Returns (compiled model, its output on ``x``), or None with a one-line warning naming
+    the reason when compilation fails (no C++ compiler, an inductor error, ...; once per
+    reason and process). Dynamo's caches are reset first: inductor's CPU code bakes in
+    ``torch.get_num_threads()`` but Dynamo does not guard on it, so a graph compiled at
+    another thread count (or a fallback to eager after too many recompiles) must not be
+    reused. Inductor's on-disk cache (keyed by graph, shapes and thread count) keeps
+    repeated compiles of a shape cheap.
+    """
+    try:
+        torch._dynamo.reset()
+        compiled = torch.compile(model, dynamic=False)
+        with torch.no_grad():
+            out = compiled(x)
+    except Exception as err:  # noqa: BLE001 - any compile failure leaves the engine out
+        torch._dynamo.reset()
+        reason = _root_reason(err)
+        if reason not in _COMPILE_FAILURES:  # once per reason: not again for every cell
+            _COMPILE_FAILURES.add(reason)
+            warnings.warn(f"torch_compile left out of the latency tables: {reason}",
+                          RuntimeWarning, stacklevel=2)
+        return None
+    return compiled, out
+
+
+#: reasons :func:`compile_torch` already warned about (Python's own once-per-location display
+#: repeated the same warning for every cell when tried here)
+_COMPILE_FAILURES: set[str] = set()
+
+
+def _root_reason(err: BaseException) -> str:
+    """'Type: first line' of the innermost exception (inductor wraps the real error)."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "inner_exception", None) or err.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
@@ -491,6 +551,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                           runner_kinds: Sequence[str] = ("dense", "act_sparse", "dual_sparse"),
                           per_layer: bool = True, warmup: int = 3, repeats: int = 20,
                           rounds: int = 4, model_name: str = "model",
+                          torch_compile: bool = False,
                           log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Per-layer and end-to-end latency of ``model`` for every kernel and ONNX Runtime.
 
@@ -499,7 +560,9 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     (repeated when M < b). For each batch size and thread count (None = all threads):
 
     - scope='model': the engines of :func:`time_engines` (torch eager as kernel 'dense',
-      ONNX Runtime, the compiled runner's kinds); ``max_abs_err`` vs torch eager;
+      ONNX Runtime, the compiled runner's kinds, with ``torch_compile`` also
+      ``torch.compile`` as kernel 'torch_compile', compiled per batch size and thread count);
+      ``max_abs_err`` vs torch eager;
     - scope='layer': every Conv2d/Linear on the exact input it sees in the dense model,
       each kernel (also the first layer), dense torch and the layer exported alone to ORT;
       ``compute_median_ms`` excludes per-call input compression.
@@ -528,7 +591,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         for tc in thread_counts:
             with threads(tc) as nthr, torch.no_grad():
                 res = time_engines(model, x, nthr, onnx_model, runner_kinds, warmup,
-                                   repeats, rounds)
+                                   repeats, rounds, torch_compile=torch_compile)
                 d_all = sum(v[0] for v in macs.values())
                 e_all = sum(v[1] for v in macs.values())
                 for k, st in res.items():
@@ -549,8 +612,9 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         "kind": "model_latency", "model": model_name, "kinds": list(kinds),
         "batch_sizes": list(batch_sizes),
         "thread_counts": [max_threads() if t is None else t for t in thread_counts],
-        "include_ort": include_ort, "runner_kinds": list(runner_kinds), "warmup": warmup,
-        "repeats": repeats, "rounds": rounds}, meta_path(out_csv))
+        "include_ort": include_ort, "runner_kinds": list(runner_kinds),
+        "torch_compile": torch_compile, "warmup": warmup, "repeats": repeats,
+        "rounds": rounds}, meta_path(out_csv))
     return df
 
 
@@ -611,7 +675,7 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
                        seed: int, out_csv: str | Path, *, tolerance_pp: float = 0.5,
                        batch_sizes: Sequence[int] = (1, 16),
                        thread_counts: Sequence[int | None] = (1, None), warmup: int = 3,
-                       repeats: int = 20, max_images: int = 64,
+                       repeats: int = 20, max_images: int = 64, torch_compile: bool = False,
                        log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Time the baseline, best TL1 and best dual sparse model of one experiment and seed.
 
@@ -619,7 +683,9 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
     :func:`dstcore.aggregate.select_latency_runs`; inputs are the first ``max_images`` test
     images (so the activation sparsity is the model's own). Writes one tidy CSV with the
     columns of :func:`measure_model_latency` plus experiment, seed, role and run_dir, and a
-    ``.meta.json`` sidecar with the machine, threads and library versions.
+    ``.meta.json`` sidecar with the machine, threads and library versions. ``torch_compile``
+    adds ``torch.compile`` as the end-to-end engine 'torch_compile' (seconds of compilation
+    per model, batch size and thread count).
     """
     import tempfile as _tempfile
 
@@ -644,7 +710,7 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
             df = measure_model_latency(model, inputs, Path(tmp) / f"{role}.csv",
                                        batch_sizes=batch_sizes, thread_counts=thread_counts,
                                        warmup=warmup, repeats=repeats, model_name=role,
-                                       log=log)
+                                       torch_compile=torch_compile, log=log)
             frames.append(df.assign(experiment=experiment, seed=seed, role=role,
                                     run_dir=run_dir))
     table = pd.concat(frames, ignore_index=True)
@@ -653,5 +719,6 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
         "kind": "experiment_latency", "experiment": experiment, "seed": seed,
         "runs": chosen, "tolerance_pp": tolerance_pp, "batch_sizes": list(batch_sizes),
         "thread_counts": [max_threads() if t is None else t for t in thread_counts],
-        "warmup": warmup, "repeats": repeats, "max_images": max_images}, meta_path(out_csv))
+        "warmup": warmup, "repeats": repeats, "max_images": max_images,
+        "torch_compile": torch_compile}, meta_path(out_csv))
     return table

@@ -2,7 +2,8 @@
 
 :func:`dstcore.latency.time_engines` times, interleaved in one process on the same inputs and
 thread count, torch eager, ONNX Runtime (dense, graph optimisations on, no spinning), the
-runner's ``dense`` kind (overhead removed, every multiplication done) and its sparse kinds.
+runner's ``dense`` kind (overhead removed, every multiplication done), its sparse kinds and,
+on request, ``torch.compile`` (inductor, default mode).
 :func:`run_model_sweep` is the paper-scale benchmark: torchvision ResNet18/50 at 224x224 with
 random weights whose activation sparsity is set by :func:`set_input_sparsity` ("synthetic
 sparsity").
@@ -146,11 +147,15 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     weight_sparsities: Sequence[float] = (0.0, 0.8),
                     batch_sizes: Sequence[int] = (1, 8), thread_counts: Sequence[int] = (1, 2),
                     size: int = 224, warmup: int = 1, repeats: int = 4, rounds: int = 2,
+                    torch_compile: bool = False,
                     log: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """End-to-end latency of torchvision ResNets with synthetic activation sparsity: every
     engine of :func:`dstcore.latency.time_engines` on N(0, 1) inputs, per model, weight
-    sparsity, input sparsity, batch and thread count. Writes ``models.csv`` (+ meta) and
-    ``models_crossover.csv`` (:func:`model_crossover`) to ``out_dir``."""
+    sparsity, input sparsity, batch and thread count (``torch_compile``: also
+    ``torch.compile``, compiled per cell: ResNet18 at 224x224 ~25 s for the first cell of a
+    batch and thread count, <1 s for the next sparsities from inductor's cache). Writes
+    ``models.csv`` (+ meta) and ``models_crossover.csv`` (:func:`model_crossover`) to
+    ``out_dir``."""
     from dstcore.kernels.onnxrt import export_onnx
     from dstcore.latency import RUNNER_NAMES, max_threads
 
@@ -171,7 +176,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     continue
                 with threads(t) as nthr, torch.no_grad():
                     res = time_engines(model, x, nthr, onnx_model, kinds, warmup, repeats,
-                                       rounds)
+                                       rounds, torch_compile=torch_compile)
                 for engine, st in res.items():
                     rows.append({"model": name, "weight_sparsity": ws, "target_sparsity": s,
                                  "act_sparsity": asp, "batch": b, "threads": nthr,
@@ -189,7 +194,8 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
         "kind": "synthetic_model_latency", "models": list(models), "size": size,
         "sparsities": list(sparsities), "weight_sparsities": list(weight_sparsities),
         "batch_sizes": list(batch_sizes), "thread_counts": list(thread_counts),
-        "runner_names": RUNNER_NAMES, "warmup": warmup, "repeats": repeats, "rounds": rounds,
+        "runner_names": RUNNER_NAMES, "torch_compile": torch_compile, "warmup": warmup,
+        "repeats": repeats, "rounds": rounds,
         "sparsity_method": "per-channel BatchNorm bias shift to the target quantile of each "
                            "ReLU input on 4 N(0,1) calibration images (set_input_sparsity)",
         "weight_pruning": "block units of 16 output x 1 input channel, per layer, "

@@ -531,7 +531,7 @@ def dual_macs_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
 
 KERNEL_COLORS = {"dense": "#555555", "weight_sparse": _palette[3], "act_sparse": _palette[2],
                  "dual_sparse": _palette[4], "onnxruntime": _palette[0],
-                 "runner_dense": _palette[1]}
+                 "runner_dense": _palette[1], "torch_compile": _palette[5]}
 
 
 def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 import numba
 import numpy as np
@@ -162,3 +163,82 @@ def test_measure_model_latency(tmp_path, monkeypatch):
     assert layer_rows[layer_rows.kernel == "act_sparse"].compute_median_ms.notna().all()
     # ORT is timed between torch and Numba calls: its pool must not spin (it stole a core)
     assert spinning and not any(spinning)
+
+
+def _lenet5_and_input():
+    from dstcore.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("lenet5", (1, 28, 28), 10).eval(), torch.rand(1, 1, 28, 28)
+
+
+# one cold inductor compile of LeNet5 (C++ build): ~12 s on 2 AVX-512 cores, ~2 s when cached
+def test_time_engines_times_torch_compile_as_a_peer():
+    model, x = _lenet5_and_input()
+    res = L.time_engines(model, x, 1, None, (), warmup=1, repeats=1, rounds=1,
+                         torch_compile=True)
+    assert set(res) == {"dense", "torch_compile"}
+    tc = res["torch_compile"]
+    assert tc["max_abs_err"] < 1e-4 and tc["median_ms"] > 0 and tc["n"] == 1
+    assert np.isfinite(tc["speedup"]) and np.isnan(tc["speedup_vs_ort"])  # no ORT here
+
+
+class _WrappedCompileError(Exception):
+    """Like inductor's BackendCompilerFailed: the real error in ``inner_exception``."""
+
+    def __init__(self, inner):
+        super().__init__("backend='inductor' raised:\n" + str(inner))
+        self.inner_exception = inner
+
+
+@pytest.mark.parametrize("when", ["compile", "first_call"])
+def test_failing_torch_compile_is_left_out_with_a_warning(monkeypatch, when):
+    def broken_compile(model, **kwargs):
+        if when == "compile":
+            raise RuntimeError("inductor is broken here\nsecond line")
+
+        def run(x):
+            raise _WrappedCompileError(OSError("no C++ compiler found"))
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(L, "_COMPILE_FAILURES", set())
+    model, x = _lenet5_and_input()
+    reason = ("RuntimeError: inductor is broken here" if when == "compile"
+              else "OSError: no C++ compiler found")
+    with pytest.warns(RuntimeWarning, match="torch_compile left out") as got:
+        res = L.time_engines(model, x, 1, None, (), warmup=1, repeats=1, rounds=1,
+                             torch_compile=True)
+    assert set(res) == {"dense"} and np.isfinite(res["dense"]["median_ms"])
+    messages = [str(w.message) for w in got if "torch_compile" in str(w.message)]
+    assert len(messages) == 1 and messages[0].endswith(reason) and "\n" not in messages[0]
+    with warnings.catch_warnings(record=True) as again:  # the same reason: no second warning
+        warnings.simplefilter("always")
+        res = L.time_engines(model, x, 1, None, (), warmup=1, repeats=1, rounds=1,
+                             torch_compile=True)
+    assert set(res) == {"dense"} and not [w for w in again if "torch_compile" in str(w.message)]
+
+
+@pytest.mark.parametrize("argv, target", [
+    (["resnets", "--out", "OUT", "--torch-compile"], "dstcore.latency_models.run_model_sweep"),
+    (["models", "--runs", "r.csv", "--results", "res", "--experiment", "e", "--out", "o.csv",
+      "--torch-compile"], "dstcore.latency.measure_experiment"),
+])
+def test_cli_passes_torch_compile(monkeypatch, argv, target):
+    from dstcore.cli import main
+
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(kwargs)
+        if target.endswith("run_model_sweep"):
+            return {"crossover": pd.DataFrame()}
+        return pd.DataFrame(columns=["scope", "batch", "role", "kernel", "threads",
+                                     "median_ms", "speedup", "ideal_speedup"])
+
+    monkeypatch.setattr(target, fake)
+    assert main(["latency", *argv]) == 0
+    assert calls and calls[0]["torch_compile"] is True
+    calls.clear()
+    assert main(["latency", *argv[:-1]]) == 0
+    assert calls[0]["torch_compile"] is False

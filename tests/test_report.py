@@ -299,3 +299,25 @@ def test_report_says_how_its_numbers_were_made(rendered, smoke):
     assert "snakemake all --cores 2 --configfile" in text
     for rule in ("train_baseline", "finetune_actreg", "prune_weights", "dual_tl1"):
         assert rule in text
+
+
+def test_latency_table_shows_torch_compile_beside_the_other_engines():
+    from dstcore import report
+
+    engines = ["dense", "onnxruntime", "runner_dense", "act_sparse", "torch_compile"]
+    ms = {"dense": 2.0, "onnxruntime": 1.0, "runner_dense": 1.6, "act_sparse": 0.8,
+          "torch_compile": 1.25}
+    lat = pd.DataFrame([{"experiment": "e", "role": role, "run_dir": f"e/{role}",
+                         "scope": "model", "kernel": k, "batch": 1, "threads": 1,
+                         "median_ms": ms[k], "speedup": 2.0 / ms[k],
+                         "speedup_vs_ort": 1.0 / ms[k], "ideal_speedup": 3.0,
+                         "act_sparsity": 0.5}
+                        for role in ("baseline", "best_dual") for k in engines])
+    runs = pd.DataFrame({"run_dir": ["e/baseline", "e/best_dual"],
+                         "activation_sparsity": [0.5, 0.8], "weight_sparsity": [0.0, 0.5]})
+    table = report.latency_table(lat, runs)
+    tc = table[table.kernel == "torch_compile"]
+    assert len(table) == 2 * len(engines) and list(tc.role) == ["baseline", "best_dual"]
+    assert tc.speedup.tolist() == [1.6, 1.6] and tc.speedup_vs_ort.tolist() == [0.8, 0.8]
+    assert "torch_compile" in report.html_table(table, "latency", "End-to-end latency")
+    assert set(engines) <= set(report.KERNEL_COLORS)

@@ -45,9 +45,10 @@ rule measure_latency:
         repeats=config["latency"]["repeats"],
         warmup=config["latency"]["warmup"],
         images=config["latency"]["max_images"],
+        torch_compile="--torch-compile" if config["latency"]["torch_compile"] else "",
     shell:
         "python -m dstcore.cli latency models --runs {input.runs} --results {params.results} "
         "--experiment {wildcards.exp} --seed {wildcards.seed} --out {output.csv} "
         "--tolerance-pp {params.tolerance} --batch-sizes {params.batch_sizes} "
         "--threads {params.threads} --repeats {params.repeats} --warmup {params.warmup} "
-        "--max-images {params.images} > {log} 2>&1"
+        "--max-images {params.images} {params.torch_compile} > {log} 2>&1"

@@ -30,6 +30,7 @@ from torch import nn
 
 from dstcore import DstError
 from dstcore.kernels import RUNNER_KINDS, UnsupportedModel, compile_model
+from dstcore.kernels.runner import IM2COL_MAX_CHANNELS
 from dstcore.models import build_model
 from dstcore.sparsity.pruning import block_masks
 
@@ -164,6 +165,18 @@ def _family_cases():
             yield pytest.param(name, shape, second, kind, marks=marks, id=f"{name}-{kind}")
 
 
+def _is_image_layer(m: nn.Module) -> bool:
+    return (isinstance(m, nn.Conv2d) and m.in_channels <= IM2COL_MAX_CHANNELS
+            and m.kernel_size != (1, 1))
+
+
+def expected_paths(model: nn.Module, kind: str) -> list[str]:
+    """Per conv/linear: 'gemm' for every layer of the dense kind and for the image layer
+    (few input channels) of the sparse kinds, else 'compress' (no block-pruned weights)."""
+    return ["gemm" if kind == "dense" or _is_image_layer(m) else "compress"
+            for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+
+
 @pytest.mark.parametrize(("name", "shape", "second", "kind"), list(_family_cases()))
 def test_equals_torch(runner, name, shape, second, kind):
     model, compiled = runner(name, shape, kind)
@@ -173,8 +186,7 @@ def test_equals_torch(runner, name, shape, second, kind):
             ref = model(x)
         assert_equal_to_torch(compiled(x), ref, f"{name} {kind} {label}")
         assert torch.equal(x, x0)  # the input is not written to
-    paths = {layer["path"] for layer in compiled.layers(shape)}
-    assert paths == ({"static"} if kind == "dense" else {"compress"})
+    assert [layer["path"] for layer in compiled.layers(shape)] == expected_paths(model, kind)
     n_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
     assert len(compiled.layers(second)) == len(compiled.layers(shape)) == n_layers
 
@@ -205,7 +217,7 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
                 continue
             k, c = m.weight.shape[:2]
             if k % 16 or c % 16:
-                expected[name] = "compress"
+                expected[name] = "gemm" if _is_image_layer(m) else "compress"
                 continue
             if name == "layers.0.conv2":
                 m.weight[:16, :2] = 0.0  # 2 of 16 units: 12.5% < BLOCK_ZERO_FRACTION
@@ -249,9 +261,9 @@ def test_block_pruned_model_on_other_kinds(runner, block_pruned):
     x = torch.relu(torch.randn(3, 1, 28, 28) - 0.5)
     with torch.no_grad():
         ref = model(x)
-    for kind, path in (("dense", "static"), ("act_sparse", "compress")):
+    for kind in ("dense", "act_sparse"):
         compiled = compile_model(model, kind)
-        assert {lay["path"] for lay in compiled.layers((1, 28, 28))} == {path}
+        assert [lay["path"] for lay in compiled.layers((1, 28, 28))] == expected_paths(model, kind)
         assert_equal_to_torch(compiled(x), ref, kind)
 
 

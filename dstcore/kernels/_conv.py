@@ -42,8 +42,10 @@ GEO_LEN = 24
 
 
 @njit(cache=True, fastmath=_FM)
-def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
-    """Output rows [r0, r1) of ``act_sparse``; a row is (image, group, oh).
+def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
+    """Output rows [r0, r1) x output-channel blocks [kb0, kb1) of ``act_sparse``; a row is
+    (image, group, oh). Blocks are the outer loop, so one block's weights (R*Cg*S*KB floats)
+    are reused by every row while they are in cache.
 
     wf: weights [G][nkb][R][Cg][S][KB] (flat, zero padded to KB), bias [G][Kpad],
     of: output NHWC [N, OH, OW, K] (+ KB floats of slack). For each input position with
@@ -72,13 +74,13 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
     nkb = geo[G_NKB]
     P = H * W
     buf = numba.carray(stack_buffer(spec), SK)
-    for row in range(r0, r1):
-        b = row // OH
-        oh = row - b * OH
-        n = b // G
-        g = b - n * G
-        orow = (n * OH + oh) * OW * K + g * Kg
-        for kb in range(nkb):
+    for kb in range(kb0, kb1):
+        for row in range(r0, r1):
+            b = row // OH
+            oh = row - b * OH
+            n = b // G
+            g = b - n * G
+            orow = (n * OH + oh) * OW * K + g * Kg
             k0 = kb * KB
             nk = min(KB, Kg - k0)
             bvec = vload_block(spec, bias, g * Kpad + k0)
@@ -125,13 +127,14 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1):
 
 @njit(cache=True, fastmath=_FM)
 def act_conv_serial(spec, geo, ptr, q, val, wf, bias, of):
-    _act_rows(spec, geo, ptr, q, val, wf, bias, of, 0, geo[G_N] * geo[G_G] * geo[G_OH])
+    _act_rows(spec, geo, ptr, q, val, wf, bias, of, 0, geo[G_N] * geo[G_G] * geo[G_OH], 0,
+              geo[G_NKB])
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)
 def act_conv_parallel(spec, geo, ptr, q, val, wf, bias, of):
     for i in prange(geo[G_N] * geo[G_G] * geo[G_OH]):
-        _act_rows(spec, geo, ptr, q, val, wf, bias, of, i, i + 1)
+        _act_rows(spec, geo, ptr, q, val, wf, bias, of, i, i + 1, 0, geo[G_NKB])
 
 
 # _dual_rows repeats _act_rows' geometry, bias fill and tap scatter on purpose: moving them into

@@ -4,15 +4,17 @@ Every activation is a flat float32 NHWC buffer. Convolutions (and linear layers,
 convs on a 1x1 image) run the register-blocked rows of :func:`_conv._act_rows` on
 per-position non-zero lists, followed by a fused epilogue on the same output row:
 ``mode`` 0 = none, 1 = ReLU, 2 = add a residual, 3 = add a residual then ReLU. The runner's
-``dense`` kind feeds the same rows with static lists that name every channel (no per-call
-work); ``act_sparse`` compresses the input first; ``dual_sparse`` on block-pruned weights
-keeps one list per block of 16 output channels with only the input channels alive in it.
+``dense`` kind, and the image layer of every kind, run as one BLAS GEMM per layer (after
+im2col where the kernel is not 1x1); ``act_sparse`` compresses the input first;
+``dual_sparse`` on block-pruned weights keeps one list per block of 16 output channels
+with only the input channels alive in it.
 The remaining ops (layout changes, pooling, channel concatenation, affine, add) are plain
 loops; they are memory bound and small next to the convolutions.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -20,8 +22,8 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from dstcore.kernels._compress import _emit_seq, _prefix
-from dstcore.kernels._conv import G_K, G_N, G_OH, G_OW, _act_rows
-from dstcore.kernels._simd import nzmask16
+from dstcore.kernels._conv import G_K, G_N, G_NKB, G_OH, G_OW, _act_rows
+from dstcore.kernels._simd import nzmask16, spec_block
 
 _FM = {"contract"}
 BLOCK_OUT = 16  # output channels per block of the block-pruned (structured) dual path
@@ -202,50 +204,75 @@ def adaptive_pool_nhwc(x, out, N, H, W, C, OH, OW, is_max):
 
 
 @njit(cache=True, fastmath=_FM)
-def _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, r0, r1):
-    """Output rows [r0, r1) (a row = image n, output row oh; groups = 1), then the epilogue."""
-    _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1)
-    if mode != 0:
-        row_len = geo[G_OW] * geo[G_K]
-        _ep_range(of, res, mode, r0 * row_len, r1 * row_len)
-
-
-@njit(cache=True, fastmath=_FM)
 def conv_serial(spec, geo, ptr, q, val, wf, bias, of, res, mode):
     """One conv/linear layer on non-zero lists (see :func:`_conv._act_rows`) + epilogue."""
-    _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, 0, geo[G_N] * geo[G_OH])
+    rows = geo[G_N] * geo[G_OH]
+    _act_rows(spec, geo, ptr, q, val, wf, bias, of, 0, rows, 0, geo[G_NKB])
+    if mode != 0:
+        _ep_range(of, res, mode, 0, rows * geo[G_OW] * geo[G_K])
 
 
 @njit(cache=True, fastmath=_FM, parallel=True)
 def conv_parallel(spec, geo, ptr, q, val, wf, bias, of, res, mode):
-    for i in prange(geo[G_N] * geo[G_OH]):
-        _conv_rows(spec, geo, ptr, q, val, wf, bias, of, res, mode, i, i + 1)
+    """:func:`conv_serial` over (output-channel block, row) pairs, block-major, so each thread
+    keeps to a contiguous range of blocks (and their weights in its cache)."""
+    rows = geo[G_N] * geo[G_OH]
+    for i in prange(geo[G_NKB] * rows):
+        kb = i // rows
+        row = i - kb * rows
+        _act_rows(spec, geo, ptr, q, val, wf, bias, of, row, row + 1, kb, kb + 1)
+        if mode != 0:
+            _ep_block(spec, geo, of, res, mode, row, kb)
+
+
+@njit(cache=True, fastmath=_FM)
+def _ep_block(spec, geo, of, res, mode, row, kb):
+    """The epilogue on output row ``row``, channels of block ``kb`` only."""
+    K, OW, KB = geo[G_K], geo[G_OW], spec_block(spec)
+    k0 = kb * KB
+    k1 = min(K, k0 + KB)
+    for ow in range(OW):
+        o = (row * OW + ow) * K
+        _ep_range(of, res, mode, o + k0, o + k1)
 
 
 @njit(cache=True)
 def im2col_nhwc(x, col, geo):
-    """Patches of an NHWC image: col[n, oh, ow, (r, s, c)] (zeros outside), so a conv with few
-    input channels (the image layer) runs as a 1x1 conv over R*S*C channels.
-    geo = [N, H, W, C, OH, OW, R, S, sh, sw, ph, pw, dh, dw]."""
+    """Patches of an NHWC image: col[n, oh, ow, (r, s, c)] (zeros outside), so a conv runs as
+    a 1x1 conv (a GEMM) over R*S*C channels. geo = [N, H, W, C, OH, OW, R, S, sh, sw, ph,
+    pw, dh, dw]. Where a kernel row lies inside the image with dw = 1 its S*C values are one
+    contiguous run of x, copied as such."""
     N, H, W, C, OH, OW, R, S = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
     sh, sw, ph, pw, dh, dw = geo[8], geo[9], geo[10], geo[11], geo[12], geo[13]
     rsc = R * S * C
+    sc = S * C
     for n in range(N):
         for oh in range(OH):
             for ow in range(OW):
                 base = ((n * OH + oh) * OW + ow) * rsc
+                iw0 = ow * sw - pw
+                inside = dw == 1 and iw0 >= 0 and iw0 + S <= W
                 for r in range(R):
                     ih = oh * sh - ph + r * dh
-                    for s in range(S):
-                        iw = ow * sw - pw + s * dw
-                        o = base + (r * S + s) * C
-                        if ih < 0 or ih >= H or iw < 0 or iw >= W:
-                            for c in range(C):
-                                col[o + c] = 0.0
-                        else:
-                            i = ((n * H + ih) * W + iw) * C
-                            for c in range(C):
-                                col[o + c] = x[i + c]
+                    o = base + r * sc
+                    if ih < 0 or ih >= H:
+                        col[o:o + sc] = 0.0
+                    elif inside:
+                        i = ((n * H + ih) * W + iw0) * C
+                        col[o:o + sc] = x[i:i + sc]
+                    else:
+                        _im2col_row(x, col, o, ((n * H + ih) * W) * C, iw0, S, C, W, dw)
+
+
+@njit(cache=True, inline="always")
+def _im2col_row(x, col, o, row0, iw0, S, C, W, dw):
+    """One kernel row at the image border: S taps of C values, zeros outside [0, W)."""
+    for s in range(S):
+        iw = iw0 + s * dw
+        if iw < 0 or iw >= W:
+            col[o + s * C:o + (s + 1) * C] = 0.0
+        else:
+            col[o + s * C:o + (s + 1) * C] = x[row0 + iw * C:row0 + (iw + 1) * C]
 
 
 @njit(cache=True, fastmath=_FM)
@@ -255,7 +282,7 @@ def _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mo
     wf[g*wstride:], and writes channels [16g, 16g+16) of each output pixel."""
     for g in range(nblk):
         _act_rows(spec, geo, ptr[g * NP:(g + 1) * NP + 1], q, val, wf[g * wstride:],
-                  bias[g * BLOCK_OUT:], of[g * BLOCK_OUT:], r0, r1)
+                  bias[g * BLOCK_OUT:], of[g * BLOCK_OUT:], r0, r1, 0, 1)
     if mode != 0:
         row_len = geo[G_OW] * geo[G_K]
         _ep_range(of, res, mode, r0 * row_len, r1 * row_len)
@@ -299,11 +326,42 @@ def compress_blocks(x, NP, C, nblk, amask, ptr, q, val, cnt):
     return nnz
 
 
-@njit(cache=True)
-def static_lists(ptr, q, NP, C):
-    """Lists that name every channel: ptr[p] = p*C, q[j] = j % C (the runner's dense kind)."""
-    for p in range(NP + 1):
-        ptr[p] = p * C
-    for p in range(NP):
-        for c in range(C):
-            q[p * C + c] = c
+# ----------------------------------------------------------------------------- dense GEMM
+
+
+@njit(cache=True, fastmath=_FM)
+def _gemm_rows(x, wf, bias, y, res, mode, m0, m1, kd, nout):
+    """Rows [m0, m1) of y[M, nout] = x[M, kd] @ wf[kd, nout] + bias, then the epilogue.
+
+    The product is one BLAS sgemm (Numba's ``np.dot``), so dense layers run at the speed of
+    the BLAS SciPy ships; the bias, residual and ReLU are one pass over the rows after it.
+    """
+    if m1 <= m0:
+        return
+    rows = m1 - m0
+    c = y[m0 * nout:m1 * nout].reshape((rows, nout))
+    np.dot(x[m0 * kd:m1 * kd].reshape((rows, kd)), wf[:kd * nout].reshape((kd, nout)), c)
+    for i in range(m0 * nout, m1 * nout, nout):
+        for j in range(nout):
+            v = y[i + j] + bias[j]
+            if mode >= 2:
+                v += res[i + j]
+            if mode & 1:
+                v = max(v, np.float32(0.0))
+            y[i + j] = v
+
+
+@njit(cache=True, fastmath=_FM)
+def gemm_serial(x, wf, bias, y, res, mode, M, kd, nout):
+    """A dense conv (after im2col) or linear layer as one GEMM: see :func:`_gemm_rows`."""
+    _gemm_rows(x, wf, bias, y, res, mode, 0, M, kd, nout)
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def gemm_parallel(x, wf, bias, y, res, mode, M, kd, nout):
+    """:func:`gemm_serial` split into one block of rows per thread (each a 1-thread sgemm)."""
+    nthr = min(numba.get_num_threads(), max(1, M // 8))
+    step = -(-M // nthr)
+    for t in prange(nthr):
+        _gemm_rows(x, wf, bias, y, res, mode, t * step, min(M, (t + 1) * step), kd, nout)
+

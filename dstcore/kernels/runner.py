@@ -18,6 +18,7 @@ import importlib.util
 import operator
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,7 @@ class _Mem:
         return off, off + size
 
     def const(self, arena: str, data: np.ndarray) -> tuple[int, int]:
-        """A range that lives as long as the plan (geometry, static lists)."""
+        """A range that lives as long as the plan (geometry, block masks)."""
         off = self.arenas[arena].alloc(data.size, persistent=True)
         self.inits.append((arena, off, data))
         return off, off + data.size
@@ -195,7 +196,7 @@ class _Output(_Op):
 
 @dataclass
 class _Conv(_Op):
-    """conv2d / linear (as a conv) + epilogue; ``path`` is 'static', 'compress' or 'block'."""
+    """conv2d / linear (as a conv) + epilogue; ``path`` is 'gemm', 'compress' or 'block'."""
 
     params: ConvParams = None  # type: ignore[assignment]
     path: str = "compress"
@@ -207,13 +208,14 @@ class _Conv(_Op):
     res: int | None = None
     amask: np.ndarray | None = None  # block path: alive-channel bit masks [nblk * C/16]
     parallel: bool = False
+    kd: int = 0  # gemm path: inner dimension (input channels x kernel taps)
 
     def calls(self) -> list[_Call]:
         suf = "parallel" if self.parallel else "serial"
         tail = [("W", "wf"), ("W", "bias"), ("F", "y"), ("F", "res"), ("P", "mode")]
-        if self.path == "static":
-            return [_Call(f"conv_{suf}", [("spec", self.spec_index), ("I", "geo"), ("I", "ptr"),
-                                          ("Q", "q"), ("F", "x"), *tail])]
+        if self.path == "gemm":
+            return [_Call(f"gemm_{suf}", [("F", "x"), *tail, ("P", "m"), ("P", "kd"),
+                                          ("P", "nout")])]
         lists = [("I", "ptr"), ("Q", "q"), ("F", "val")]
         if self.path == "block":
             return [
@@ -228,11 +230,14 @@ class _Conv(_Op):
             _Call(f"conv_{suf}", [("spec", self.spec_index), ("I", "geo"), *lists, *tail])]
 
     def fill(self, mem, shapes):
-        from dstcore.kernels._runner_ops import static_lists
-
         n, p = mem.n, self.params
         h, w, c = shapes[self.ins[0]]
         oh, ow = p.out_hw(h, w)
+        res = mem.values[self.res] if self.res is not None else (0, 1)
+        if self.path == "gemm":
+            return {"x": mem.values[self.ins[0]], "wf": self.w_range, "bias": self.b_range,
+                    "y": mem.values[self.out], "res": res, "mode": self.mode,
+                    "m": n * oh * ow, "kd": self.kd, "nout": p.out_channels}
         block = self.path == "block"
         kg, kpad, nkb = (BLOCK_OUT, BLOCK_OUT, 1) if block else (
             p.out_channels, -(-p.out_channels // self.kb) * self.kb, -(-p.out_channels // self.kb))
@@ -245,15 +250,9 @@ class _Conv(_Op):
         nblk = p.out_channels // BLOCK_OUT if block else 1
         vals = {"geo": mem.const("I", geo), "wf": self.w_range, "bias": self.b_range,
                 "x": mem.values[self.ins[0]], "y": mem.values[self.out], "mode": self.mode,
-                "res": mem.values[self.res] if self.res is not None else (0, 1),
+                "res": res,
                 "n": n, "p": h * w, "c": c, "one": 1, "np": npos, "nblk": nblk,
                 "wstride": r * c * s * BLOCK_OUT}
-        if self.path == "static":
-            ptr = np.empty(npos + 1, np.int64)
-            q = np.empty(npos * c + 16, np.int32)
-            static_lists(ptr, q, npos, c)
-            vals |= {"ptr": mem.const("I", ptr), "q": mem.const("Q", q)}
-            return vals
         cap = nblk * npos * c + 16
         vals |= {"ptr": mem.temp("I", nblk * npos + 1), "cnt": mem.temp("I", nblk * npos),
                  "q": mem.temp("Q", cap), "val": mem.temp("F", cap)}
@@ -589,27 +588,53 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     last, mode, res = _fuse_epilogue(low, node)
     h, wd, _ = low.shapes[x]
     oh, ow = params.out_hw(h, wd)
-    amask = _block_mask(w) if low.kind == "dual_sparse" else None
-    path = "static" if low.kind == "dense" else ("block" if amask is not None else "compress")
-    if params.in_channels <= IM2COL_MAX_CHANNELS and params.kernel_size != (1, 1):
-        x, w, params = _im2col(low, x, w, params)
-    taps = params.kernel_size[1]
-    kb = BLOCK_OUT if path == "block" else choose_block(taps, params.out_channels, MAX_ACC_LANES)
-    wf, bf = act_weight_layout(w, mod.bias, 1, kb)
     y = low.new_value((oh, ow, params.out_channels), flat=isinstance(mod, nn.Linear))
-    low.ops.append(_Conv([x] + ([res] if res is not None else []), y, params=params, path=path,
-                         spec_index=low.spec(taps, kb), w_range=low.add_weights(wf.numpy()),
-                         b_range=low.add_weights(bf.numpy()), kb=kb, mode=mode, res=res,
-                         amask=amask, parallel=low.parallel))
-    low.layers.append({"layer": str(node.target), "path": path, "block": kb,
+    image_layer = params.in_channels <= IM2COL_MAX_CHANNELS and params.kernel_size != (1, 1)
+    if low.kind == "dense" or image_layer:
+        op = _gemm_conv(low, x, w, mod.bias, params)
+    else:
+        op = _sparse_conv(low, x, w, mod.bias, params)
+    op.out, op.mode, op.res, op.parallel = y, mode, res, low.parallel
+    op.ins += [res] if res is not None else []
+    low.ops.append(op)
+    low.layers.append({"layer": str(node.target), "path": op.path, "block": op.kb,
                        "weight_sparsity": float((w == 0).float().mean())})
     low.env[last] = y
     low.env[node] = y
 
 
+def _gemm_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
+               params: ConvParams) -> _Conv:
+    """A dense layer as one GEMM over [positions, kernel taps x C] (im2col first unless the
+    input already is that matrix: a 1x1 stride-1 conv, or a kernel covering the whole map)."""
+    h, wd, _ = low.shapes[x]
+    plain_1x1 = params.kernel_size == (1, 1) and params.stride == (1, 1)
+    whole_map = params.kernel_size == (h, wd)
+    if params.padding != (0, 0) or not (plain_1x1 or whole_map):
+        x, w, params = _im2col(low, x, w, params)
+    k = params.out_channels
+    wt = w.permute(0, 2, 3, 1).reshape(k, -1).t().contiguous()  # [R*S*C, K], NHWC patch order
+    b = bias.detach() if bias is not None else torch.zeros(k)
+    return _Conv([x], None, params=params, path="gemm", w_range=low.add_weights(wt.numpy()),
+                 b_range=low.add_weights(b.float().numpy()), kb=0, kd=wt.shape[0])
+
+
+def _sparse_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
+                 params: ConvParams) -> _Conv:
+    """A layer that skips zero inputs (and, on block-pruned weights, dead weight blocks)."""
+    amask = _block_mask(w) if low.kind == "dual_sparse" else None
+    path = "block" if amask is not None else "compress"
+    taps = params.kernel_size[1]
+    kb = BLOCK_OUT if path == "block" else choose_block(taps, params.out_channels, MAX_ACC_LANES)
+    wf, bf = act_weight_layout(w, bias, 1, kb)
+    return _Conv([x], None, params=params, path=path, spec_index=low.spec(taps, kb),
+                 w_range=low.add_weights(wf.numpy()), b_range=low.add_weights(bf.numpy()),
+                 kb=kb, amask=amask)
+
+
 def _im2col(low: _Lowering, x: int, w: Tensor, params: ConvParams
             ) -> tuple[int, Tensor, ConvParams]:
-    """Lower a conv with few input channels to im2col + a 1x1 conv over R*S*C channels."""
+    """Lower a conv to im2col (patches [OH, OW, R*S*C]) + a 1x1 conv over R*S*C channels."""
     h, wd, c = low.shapes[x]
     oh, ow = params.out_hw(h, wd)
     (r, s), k = params.kernel_size, params.out_channels
@@ -729,10 +754,16 @@ def forward(x, out, W, F, I, Q, P, specs):
 '''
 
 
-def _source(ops: list[_Op]) -> tuple[str, list[dict[str, tuple[int, bool]]]]:
-    """The generated module and, per op, its plan slots: key -> (first P index, is a range)."""
+def _source(ops: list[_Op], profile: bool = False
+            ) -> tuple[str, list[dict[str, tuple[int, bool]]]]:
+    """The generated module and, per op, its plan slots: key -> (first P index, is a range).
+
+    ``profile``: ``forward`` takes a last argument ``only`` and runs op ``only`` alone.
+    """
     lines, layout, slot = [], [], 0
-    for op in ops:
+    for k, op in enumerate(ops):
+        if profile:
+            lines.append(f"    if only == {k}:")
         keys: dict[str, tuple[int, bool]] = {}
         for call in op.calls():
             args = []
@@ -748,9 +779,10 @@ def _source(ops: list[_Op]) -> tuple[str, list[dict[str, tuple[int, bool]]]]:
                     args.append(f"specs[{a[1]}]")
                 else:
                     args.append(a[0])
-            lines.append(f"    {call.fn}({', '.join(args)})")
+            lines.append(f"{'    ' * (1 + profile)}{call.fn}({', '.join(args)})")
         layout.append(keys)
-    header = _HEADER.replace('"""\nfrom numba', f'"""\n# kernels {_kernels_digest()}\nfrom numba', 1)
+    header = _HEADER.replace("specs):", "specs, only):") if profile else _HEADER
+    header = header.replace('"""\nfrom numba', f'"""\n# kernels {_kernels_digest()}\nfrom numba', 1)
     return header + "\n".join(lines) + "\n", layout
 
 
@@ -795,6 +827,9 @@ def _load_forward(source: str) -> Callable[..., None]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    # a parallel forward with a gemm layer holds BLAS function pointers and cannot be cached
+    # on disk (Numba says so at each compile); it recompiles in well under a second
+    warnings.filterwarnings("ignore", "Cannot cache compiled function", numba.NumbaWarning)
     _FORWARDS[digest] = module.forward
     return module.forward
 
@@ -845,6 +880,29 @@ def _make_plan(low: _Lowering, layout: list[dict[str, tuple[int, bool]]], n: int
 # ----------------------------------------------------------------------------- API
 
 
+_BLAS_LIMITED = False
+
+
+def _single_thread_blas() -> None:
+    """Set the BLAS that Numba's ``np.dot`` calls (SciPy's) to one thread, once per process.
+
+    The runner's gemm layers parallelise over rows with Numba's own threads (one 1-thread
+    sgemm each); a second, spinning BLAS pool would compete with them for the cores. Other
+    BLAS libraries in the process (NumPy's, torch's) are left alone when SciPy's is found.
+    """
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED:
+        return
+    import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's BLAS
+    from threadpoolctl import ThreadpoolController
+
+    blas = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    for c in [c for c in blas if "scipy" in Path(c.filepath).parent.name] or blas:
+        c.set_num_threads(1)
+    _BLAS_LIMITED = True
+
+
+
 class CompiledModel:
     """``compiled(x)`` == ``model.eval()(x)`` for float32 NCHW CPU tensors (see compile_model).
 
@@ -871,10 +929,35 @@ class CompiledModel:
         if tuple(shape) in self._plans:
             return
         low, layout, fn, (weights, specs) = self._lower(tuple(shape[1:]))
+        _single_thread_blas()
         self._plans[tuple(shape)] = (_make_plan(low, layout, shape[0]), fn, weights, specs)
 
+    def profile(self, x: Tensor, repeats: int = 10) -> list[dict[str, Any]]:
+        """Median ms of each lowered op on input ``x`` (ops run alone, in order, ``repeats``
+        times after one warm-up forward): where a forward pass spends its time."""
+        import time
+
+        self(x)
+        low, _, _, (weights, specs) = self._lower(tuple(x.shape[1:]))
+        plan, _, _, _ = self._plans[tuple(x.shape)]
+        fn = _load_forward(_source(low.ops, profile=True)[0])
+        out = torch.empty(plan.out_shape)
+        args = (x.detach().contiguous().view(-1).numpy(), out.view(-1).numpy(), weights,
+                plan.F, plan.I, plan.Q, plan.P, specs)
+        times = np.zeros((repeats, len(low.ops)))
+        for r in range(repeats + 1):
+            for k in range(len(low.ops)):
+                t0 = time.perf_counter()
+                fn(*args, k)
+                if r:
+                    times[r - 1, k] = time.perf_counter() - t0
+        med = np.median(times, axis=0) * 1e3
+        return [{"op": k, "what": type(op).__name__.lstrip("_").lower(),
+                 "path": getattr(op, "path", ""), "shape": low.shapes.get(op.out),
+                 "ms": float(med[k])} for k, op in enumerate(low.ops)]
+
     def layers(self, chw: tuple[int, int, int]) -> list[dict[str, Any]]:
-        """Per conv/linear layer: the kernel path taken ('static', 'compress' or 'block')."""
+        """Per conv/linear layer: the kernel path taken ('gemm', 'compress' or 'block')."""
         return self._lower(tuple(chw))[0].layers
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -900,13 +983,14 @@ def compile_model(model: nn.Module, kind: str, *, batch_size: int | None = None,
                   ) -> CompiledModel:
     """Compile ``model`` (eval mode, BatchNorm folded) into one native call per forward.
 
-    kind: 'dense' (every multiplication, no per-call list building), 'act_sparse' (skips zero
-    input activations) or 'dual_sparse' (also skips block-pruned weights: layers where whole
-    (16 output channels x 1 input channel) units are zero). threads: Numba threads used by
-    each call (1 = serial code, no thread pool). With ``batch_size`` and ``input_shape``
-    (C, H, W) the buffers are planned and the code compiled now, else on the first call of
-    each input shape. Raises :class:`UnsupportedModel` (one line, naming the module) for
-    what the runner cannot run.
+    kind: 'dense' (every multiplication: each conv/linear one BLAS GEMM, after im2col where
+    the kernel is not 1x1), 'act_sparse' (skips zero input activations; the image layer,
+    whose input is not sparse, runs as a GEMM) or 'dual_sparse' (also skips block-pruned
+    weights: layers where whole (16 output channels x 1 input channel) units are zero).
+    threads: Numba threads used by each call (1 = serial code, no thread pool). With
+    ``batch_size`` and ``input_shape`` (C, H, W) the buffers are planned and the code
+    compiled now, else on the first call of each input shape. Raises
+    :class:`UnsupportedModel` (one line, naming the module) for what the runner cannot run.
     """
     from torch.fx.experimental.optimization import fuse
 

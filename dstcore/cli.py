@@ -125,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     q.add_argument("--size", type=int, default=224, help="image height and width")
     q.add_argument("--repeats", type=int, default=4)
+    q.add_argument("--grid-sparsity", type=float, default=0.9,
+                   help="measure the batch sizes and thread counts after the first only at this "
+                        "sparsity (the sweep over --sparsities runs at the first of each); "
+                        "a negative value measures every combination")
     q.add_argument("--torch-compile", action="store_true",
                    help="also time torch.compile (inductor) as a peer; compiles per model, "
                         "batch and thread count (ResNet18 224x224: ~25 s the first time, "
@@ -300,7 +304,8 @@ def _latency_resnets(args: argparse.Namespace, say: Callable[[str], None]) -> in
                           weight_sparsities=args.weight_sparsities,
                           batch_sizes=args.batch_sizes, thread_counts=args.threads,
                           size=args.size, repeats=args.repeats,
-                          torch_compile=args.torch_compile, log=say)
+                          torch_compile=args.torch_compile, log=say,
+                          grid_sparsity=None if args.grid_sparsity < 0 else args.grid_sparsity)
     print(out["crossover"].to_string(index=False))
     return 0
 

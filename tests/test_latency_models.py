@@ -39,3 +39,19 @@ def test_model_crossover_interpolates_and_reports_never():
     assert out.loc["act_sparse", "crossover_sparsity_vs_onnxruntime"] == pytest.approx(0.75)
     assert np.isnan(out.loc["dual_sparse", "crossover_sparsity_vs_onnxruntime"])
     assert out.loc["act_sparse", "speedup_at_max_sparsity"] == pytest.approx(1.5)
+
+
+def test_sweep_measures_the_batch_thread_grid_at_one_sparsity(tmp_path):
+    """The sparsity sweep runs at the first batch size / thread count; the other batch sizes
+    only at grid_sparsity. Every engine has a row, and the files are written."""
+    from dstcore.latency_models import run_model_sweep
+
+    out = run_model_sweep(tmp_path, models=["resnet18"], sparsities=[0.5, 0.9],
+                          weight_sparsities=[0.0], batch_sizes=[1, 2], thread_counts=[1],
+                          size=32, warmup=0, repeats=1, rounds=1, grid_sparsity=0.9)
+    df = out["models"]
+    cells = set(zip(df.target_sparsity, df.batch, strict=True))
+    assert cells == {(0.5, 1), (0.9, 1), (0.9, 2)}
+    assert set(df.kernel) == {"dense", "onnxruntime", "runner_dense", "act_sparse"}
+    assert (df.max_abs_err < 1e-3).all()
+    assert {p.name for p in tmp_path.iterdir()} >= {"models.csv", "models_crossover.csv"}

@@ -240,10 +240,14 @@ def _ep_block(spec, geo, of, res, mode, row, kb):
 def im2col_nhwc(x, col, geo):
     """Patches of an NHWC image: col[n, oh, ow, (r, s, c)] (zeros outside), so a conv runs as
     a 1x1 conv (a GEMM) over R*S*C channels. geo = [N, H, W, C, OH, OW, R, S, sh, sw, ph,
-    pw, dh, dw]. Where a kernel row lies inside the image with dw = 1 its S*C values are one
-    contiguous run of x, copied as such."""
+    pw, dh, dw]. A kernel row of S*C values inside the image (dw = 1) is one contiguous run
+    of x, copied as such; runs shorter than 8 values go column-wise (:func:`_im2col_strided`),
+    where the per-run overhead would dominate."""
     N, H, W, C, OH, OW, R, S = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
     sh, sw, ph, pw, dh, dw = geo[8], geo[9], geo[10], geo[11], geo[12], geo[13]
+    if S * C < 8:
+        _im2col_strided(x, col, geo)
+        return
     rsc = R * S * C
     sc = S * C
     for n in range(N):
@@ -273,6 +277,34 @@ def _im2col_row(x, col, o, row0, iw0, S, C, W, dw):
             col[o + s * C:o + (s + 1) * C] = 0.0
         else:
             col[o + s * C:o + (s + 1) * C] = x[row0 + iw * C:row0 + (iw + 1) * C]
+
+
+@njit(cache=True)
+def _im2col_strided(x, col, geo):
+    """:func:`im2col_nhwc` one (r, s, c) column of an output row at a time (long loops)."""
+    N, H, W, C, OH, OW, R, S = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7]
+    sh, sw, ph, pw, dh, dw = geo[8], geo[9], geo[10], geo[11], geo[12], geo[13]
+    rsc = R * S * C
+    for n in range(N):
+        for oh in range(OH):
+            prow = (n * OH + oh) * OW
+            for r in range(R):
+                ih = oh * sh - ph + r * dh
+                for s in range(S):
+                    t = pw - s * dw  # input column of ow is ow * sw - t
+                    lo = 0 if t <= 0 else min(OW, (t + sw - 1) // sw)
+                    hi = 0 if W - 1 + t < 0 else min(OW, (W - 1 + t) // sw + 1)
+                    if ih < 0 or ih >= H or hi < lo:
+                        lo = hi = 0
+                    for c in range(C):
+                        o = prow * rsc + (r * S + s) * C + c
+                        i = ((n * H + ih) * W - t) * C + c
+                        for ow in range(lo):
+                            col[o + ow * rsc] = 0.0
+                        for ow in range(lo, hi):
+                            col[o + ow * rsc] = x[i + ow * sw * C]
+                        for ow in range(hi, OW):
+                            col[o + ow * rsc] = 0.0
 
 
 @njit(cache=True, fastmath=_FM)

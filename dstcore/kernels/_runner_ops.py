@@ -23,7 +23,7 @@ from numba.core.extending import intrinsic
 
 from dstcore.kernels._compress import _emit_seq, _prefix
 from dstcore.kernels._conv import G_K, G_N, G_NKB, G_OH, G_OW, _act_rows
-from dstcore.kernels._simd import nzmask16, spec_block
+from dstcore.kernels._simd import nzmask16, spec_block, vpool16_mem
 
 _FM = {"contract"}
 BLOCK_OUT = 16  # output channels per block of the block-pruned (structured) dual path
@@ -132,7 +132,10 @@ def affine_ep(x, out, NP, C, scale, shift, relu):
 @njit(cache=True, fastmath=_FM, inline="always")
 def _pool_into(x, out, i, o, C, is_max):
     """out[o:o+C] = max(out, x[i:i+C]) (max pooling) or += x[i:i+C] (average pooling)."""
-    if is_max:
+    if C % 16 == 0:
+        for c in range(0, C, 16):
+            vpool16_mem(out, o + c, x, i + c, is_max != 0)
+    elif is_max:
         for c in range(C):
             out[o + c] = max(out[o + c], x[i + c])
     else:
@@ -374,13 +377,10 @@ def _gemm_rows(x, wf, bias, y, res, mode, m0, m1, kd, nout):
     c = y[m0 * nout:m1 * nout].reshape((rows, nout))
     np.dot(x[m0 * kd:m1 * kd].reshape((rows, kd)), wf[:kd * nout].reshape((kd, nout)), c)
     for i in range(m0 * nout, m1 * nout, nout):
+        row = y[i:i + nout]
         for j in range(nout):
-            v = y[i + j] + bias[j]
-            if mode >= 2:
-                v += res[i + j]
-            if mode & 1:
-                v = max(v, np.float32(0.0))
-            y[i + j] = v
+            row[j] += bias[j]
+    _ep_range(y, res, mode, m0 * nout, m1 * nout)
 
 
 @njit(cache=True, fastmath=_FM)

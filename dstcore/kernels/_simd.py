@@ -340,6 +340,27 @@ def vfma16_mem(typingctx, dst, doff, s, src, soff):
 
 
 @intrinsic
+def vpool16_mem(typingctx, dst, doff, src, soff, is_max):
+    """dst[doff:doff+16] = max(dst, src[soff:soff+16]) (NaN in either propagates, as in torch)
+    if is_max, else dst += src."""
+    if not _is_f32_array(dst) or not _is_f32_array(src) or not isinstance(is_max, types.Boolean):
+        return None
+
+    def codegen(context, builder, sig, args):
+        pd = _ptr(context, builder, sig.args[0], args[0], args[1])
+        ps = _ptr(context, builder, sig.args[2], args[2], args[3])
+        d, x = _load16(builder, pd, 0), _load16(builder, ps, 0)
+        with builder.if_else(args[4]) as (then, otherwise):
+            with then:
+                t = builder.select(builder.fcmp_unordered(">", x, d), x, d)
+                _store16(builder, builder.select(builder.fcmp_unordered("uno", d, d), d, t), pd, 0)
+            with otherwise:
+                _store16(builder, builder.fadd(d, x), pd, 0)
+        return context.get_dummy_value()
+    return types.none(dst, types.intp, src, types.intp, is_max), codegen
+
+
+@intrinsic
 def nzmask16(typingctx, arr, off):
     """Bit l of the result is set iff arr[off + l] != 0 (NaN counts as non-zero), l < 16."""
     if not _is_f32_array(arr):

@@ -412,6 +412,36 @@ def test_strided_inputs_and_eager_prepare(runner):
     assert_equal_to_torch(compiled(x.contiguous().requires_grad_()), ref, "requires_grad")
 
 
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2), nn.AdaptiveMaxPool2d(2),
+                                  nn.AdaptiveAvgPool2d(1)], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("channels", [16, 6])  # the 16-lane vector path and the scalar one
+def test_pooling_propagates_nan_like_torch(pool, channels):
+    model = nn.Sequential(nn.Conv2d(3, channels, 1), pool).eval()
+    x = torch.randn(2, 3, 9, 7)
+    x[0, :, 4, 3] = float("nan")  # one pixel: NaN in every channel of the conv's output
+    with torch.no_grad():
+        ref = model(x)
+    y = compile_model(model, "act_sparse")(x)
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
+    ok = ~torch.isnan(ref)
+    assert torch.allclose(y[ok], ref[ok], atol=1e-5)
+
+
+def test_profile_times_every_op(runner):
+    """profile: one row per lowered op, in order, with its kind and a time; the forward pass
+    still gives the same logits afterwards."""
+    model, compiled = runner("resnet8", (1, 28, 28), "act_sparse")
+    x = torch.relu(torch.randn(2, 1, 28, 28))
+    rows = compiled.profile(x, repeats=2)
+    assert [r["op"] for r in rows] == list(range(len(rows)))
+    assert rows[0]["what"] == "tonhwc" and rows[-1]["what"] == "output"
+    paths = [r["path"] for r in rows if r["what"] == "conv"]
+    assert paths == [lay["path"] for lay in compiled.layers((1, 28, 28))]
+    assert all(r["ms"] >= 0 for r in rows)
+    with torch.no_grad():
+        assert_equal_to_torch(compiled(x), model(x), "after profile")
+
+
 # ----------------------------------------------------------------------------- disk cache
 
 _PROBE = textwrap.dedent("""

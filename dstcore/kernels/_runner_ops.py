@@ -131,13 +131,15 @@ def affine_ep(x, out, NP, C, scale, shift, relu):
 
 @njit(cache=True, fastmath=_FM, inline="always")
 def _pool_into(x, out, i, o, C, is_max):
-    """out[o:o+C] = max(out, x[i:i+C]) (max pooling) or += x[i:i+C] (average pooling)."""
+    """out[o:o+C] = max(out, x[i:i+C]) (max pooling; NaN wins) or += x[i:i+C] (average)."""
     if C % 16 == 0:
         for c in range(0, C, 16):
             vpool16_mem(out, o + c, x, i + c, is_max != 0)
     elif is_max:
         for c in range(C):
-            out[o + c] = max(out[o + c], x[i + c])
+            v = x[i + c]
+            if v > out[o + c] or v != v:  # a NaN propagates, as in torch
+                out[o + c] = v
     else:
         for c in range(C):
             out[o + c] += x[i + c]

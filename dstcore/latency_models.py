@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dstcore.latency import (
+    _layer_inputs,
+    _zero_fraction,
     environment_info,
     meta_path,
     threads,
@@ -100,16 +102,7 @@ def _relu_input(model: nn.Module, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
 
 def input_sparsity(model: nn.Module, x: Tensor) -> dict[str, float]:
     """Fraction of zeros in the input of every Conv2d / Linear of ``model`` on ``x``."""
-    from dstcore.sparsity.activations import register_hooks, weighted_layers
-
-    got: dict[str, float] = {}
-
-    def record(name: str, _m: nn.Module, a: Tensor) -> None:
-        got.setdefault(name, float((a == 0).float().mean()))
-
-    with register_hooks(weighted_layers(model), record), torch.no_grad():
-        model(x)
-    return got
+    return {name: _zero_fraction(a) for name, a in _layer_inputs(model, x).items()}
 
 
 # ----------------------------------------------------------------------------- sweep

@@ -799,6 +799,9 @@ def cache_dir() -> Path:
 
 
 _FORWARDS: dict[str, Callable[..., None]] = {}
+# a parallel forward with a gemm layer holds BLAS function pointers and cannot be cached on
+# disk (Numba says so at each compile); it recompiles in well under a second
+warnings.filterwarnings("ignore", "Cannot cache compiled function", numba.NumbaWarning)
 #: modules whose compiled code a generated forward inlines: Numba's disk cache checks only the
 #: generated file, so their source hash goes into it (an edited kernel -> a new forward file)
 _KERNEL_MODULES = ("_runner_ops.py", "_conv.py", "_compress.py", "_simd.py")
@@ -832,9 +835,6 @@ def _load_forward(source: str) -> Callable[..., None]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    # a parallel forward with a gemm layer holds BLAS function pointers and cannot be cached
-    # on disk (Numba says so at each compile); it recompiles in well under a second
-    warnings.filterwarnings("ignore", "Cannot cache compiled function", numba.NumbaWarning)
     _FORWARDS[digest] = module.forward
     return module.forward
 
@@ -907,7 +907,6 @@ def _single_thread_blas() -> None:
     _BLAS_LIMITED = True
 
 
-
 class CompiledModel:
     """``compiled(x)`` == ``model.eval()(x)`` for float32 NCHW CPU tensors (see compile_model).
 
@@ -943,8 +942,8 @@ class CompiledModel:
         import time
 
         self(x)
-        low, _, _, (weights, specs) = self._lower(tuple(x.shape[1:]))
-        plan, _, _, _ = self._plans[tuple(x.shape)]
+        low = self._lower(tuple(x.shape[1:]))[0]
+        plan, _, weights, specs = self._plans[tuple(x.shape)]
         fn = _load_forward(_source(low.ops, profile=True)[0])
         out = torch.empty(plan.out_shape)
         args = (x.detach().contiguous().view(-1).numpy(), out.view(-1).numpy(), weights,

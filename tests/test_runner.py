@@ -30,7 +30,7 @@ from torch import nn
 
 from dstcore import DstError
 from dstcore.kernels import RUNNER_KINDS, UnsupportedModel, compile_model
-from dstcore.kernels.runner import BLOCK_MIN_WIDTH, IM2COL_MAX_CHANNELS
+from dstcore.kernels.runner import BLOCK_MIN_WIDTH, DIRECT_MAX_CHANNELS
 from dstcore.models import build_model
 from dstcore.sparsity.pruning import block_masks
 
@@ -166,14 +166,14 @@ def _family_cases():
 
 
 def _is_image_layer(m: nn.Module) -> bool:
-    return (isinstance(m, nn.Conv2d) and m.in_channels <= IM2COL_MAX_CHANNELS
+    return (isinstance(m, nn.Conv2d) and m.in_channels <= DIRECT_MAX_CHANNELS
             and m.kernel_size != (1, 1))
 
 
 def expected_paths(model: nn.Module, kind: str) -> list[str]:
-    """Per conv/linear: 'gemm' for every layer of the dense kind and for the image layer
-    (few input channels) of the sparse kinds, else 'compress' (no block-pruned weights)."""
-    return ["gemm" if kind == "dense" or _is_image_layer(m) else "compress"
+    """Per conv/linear: 'direct' for the image layer (few input channels) of every kind, else
+    'gemm' for the dense kind and 'compress' for the sparse kinds (no block-pruned weights)."""
+    return ["direct" if _is_image_layer(m) else "gemm" if kind == "dense" else "compress"
             for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
@@ -217,7 +217,7 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
                 continue
             k, c = m.weight.shape[:2]
             if k % 16 or c % 16:
-                expected[name] = "gemm" if _is_image_layer(m) else "compress"
+                expected[name] = "direct" if _is_image_layer(m) else "compress"
                 continue
             if name == "layers.0.conv2":
                 m.weight[:16, :2] = 0.0  # 2 of 16 units: 12.5% < BLOCK_ZERO_FRACTION

@@ -22,8 +22,38 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from dstcore.kernels._compress import _emit_seq, _prefix
-from dstcore.kernels._conv import G_K, G_N, G_NKB, G_OH, G_OW, _act_rows
-from dstcore.kernels._simd import nzmask16, spec_block, vpool16_mem
+from dstcore.kernels._conv import (
+    G_CG,
+    G_DH,
+    G_DW,
+    G_H,
+    G_K,
+    G_N,
+    G_NKB,
+    G_OH,
+    G_OW,
+    G_PH,
+    G_PW,
+    G_R,
+    G_S,
+    G_SH,
+    G_SW,
+    G_W,
+    _act_rows,
+)
+from dstcore.kernels._simd import (
+    nzmask16,
+    spec_block,
+    spec_taps,
+    vfma_taps,
+    vinit_taps,
+    vfill16,
+    vloadn16,
+    vpool16,
+    vscale16,
+    vstoren,
+    vstoren_taps,
+)
 
 _FM = {"contract"}
 BLOCK_OUT = 16  # output channels per block of the block-pruned (structured) dual path
@@ -130,19 +160,33 @@ def affine_ep(x, out, NP, C, scale, shift, relu):
 
 
 @njit(cache=True, fastmath=_FM, inline="always")
-def _pool_into(x, out, i, o, C, is_max):
-    """out[o:o+C] = max(out, x[i:i+C]) (max pooling; NaN wins) or += x[i:i+C] (average)."""
-    if C % 16 == 0:
-        for c in range(0, C, 16):
-            vpool16_mem(out, o + c, x, i + c, is_max != 0)
-    elif is_max:
-        for c in range(C):
-            v = x[i + c]
-            if v > out[o + c] or v != v:  # a NaN propagates, as in torch
-                out[o + c] = v
-    else:
-        for c in range(C):
-            out[o + c] += x[i + c]
+def _pool_window(x, out, o, C, row0, h0, nh, dh, w0, nw, dw, W, is_max, inv):
+    """out[o:o+C] = max (NaN wins, as in torch) or mean (sum * inv) of x over the window of
+    nh rows from h0 (step dh) x nw columns from w0 (step dw), all inside the image at
+    x[row0 * W * C:], on 16-lane vectors held in a register across the window."""
+    mx = is_max != 0
+    for c in range(0, C, 16):
+        m = min(16, C - c)
+        acc = vfill16(-np.inf if mx else 0.0)
+        for i in range(nh):
+            p = ((row0 + h0 + i * dh) * W + w0) * C + c
+            for j in range(nw):
+                acc = vpool16(acc, vloadn16(x, p + j * dw * C, m), mx)
+        if not mx:
+            acc = vscale16(acc, inv)
+        vstoren(out, o + c, acc, m)
+
+
+@njit(cache=True, inline="always")
+def _window(o0, k, d, size):
+    """(first, count) of the taps o0 + i*d (i < k) inside [0, size)."""
+    lo = 0
+    while lo < k and o0 + lo * d < 0:
+        lo += 1
+    hi = k
+    while hi > lo and o0 + (hi - 1) * d >= size:
+        hi -= 1
+    return o0 + lo * d, hi - lo
 
 
 @njit(cache=True, fastmath=_FM)
@@ -157,30 +201,16 @@ def pool_nhwc(x, out, geo, is_max, include_pad):
         geo[12], geo[13]
     for n in range(N):
         for oh in range(OH):
+            h0, nh = _window(oh * sh - ph, kh, dh, H)
             for ow in range(OW):
-                o = ((n * OH + oh) * OW + ow) * C
-                init = -np.inf if is_max else 0.0
-                for c in range(C):
-                    out[o + c] = init
-                cnt = 0
-                for r in range(kh):
-                    h = oh * sh - ph + r * dh
-                    if h < 0 or h >= H:
-                        continue
-                    for s in range(kw):
-                        w = ow * sw - pw + s * dw
-                        if w < 0 or w >= W:
-                            continue
-                        cnt += 1
-                        _pool_into(x, out, ((n * H + h) * W + w) * C, o, C, is_max)
-                if not is_max:
-                    if include_pad:
-                        h0 = oh * sh - ph
-                        w0 = ow * sw - pw
-                        cnt = (min(h0 + kh, H + ph) - h0) * (min(w0 + kw, W + pw) - w0)
-                    inv = np.float32(1.0) / np.float32(max(cnt, 1))
-                    for c in range(C):
-                        out[o + c] *= inv
+                w0, nw = _window(ow * sw - pw, kw, dw, W)
+                cnt = nh * nw
+                if include_pad:
+                    a, b = oh * sh - ph, ow * sw - pw
+                    cnt = (min(a + kh, H + ph) - a) * (min(b + kw, W + pw) - b)
+                inv = np.float32(1.0) / np.float32(max(cnt, 1))
+                _pool_window(x, out, ((n * OH + oh) * OW + ow) * C, C, n * H, h0, nh, dh,
+                             w0, nw, dw, W, is_max, inv)
 
 
 @njit(cache=True, fastmath=_FM)
@@ -193,16 +223,9 @@ def adaptive_pool_nhwc(x, out, N, H, W, C, OH, OW, is_max):
             for ow in range(OW):
                 w0 = (ow * W) // OW
                 w1 = ((ow + 1) * W + OW - 1) // OW
-                o = ((n * OH + oh) * OW + ow) * C
-                for c in range(C):
-                    out[o + c] = -np.inf if is_max else 0.0
-                for h in range(h0, h1):
-                    for w in range(w0, w1):
-                        _pool_into(x, out, ((n * H + h) * W + w) * C, o, C, is_max)
-                if not is_max:
-                    inv = np.float32(1.0) / np.float32((h1 - h0) * (w1 - w0))
-                    for c in range(C):
-                        out[o + c] *= inv
+                inv = np.float32(1.0) / np.float32((h1 - h0) * (w1 - w0))
+                _pool_window(x, out, ((n * OH + oh) * OW + ow) * C, C, n * H, h0, h1 - h0, 1,
+                             w0, w1 - w0, 1, W, is_max, inv)
 
 
 # ----------------------------------------------------------------------------- convolutions
@@ -239,6 +262,71 @@ def _ep_block(spec, geo, of, res, mode, row, kb):
     for ow in range(OW):
         o = (row * OW + ow) * K
         _ep_range(of, res, mode, o + k0, o + k1)
+
+
+@njit(cache=True, fastmath=_FM)
+def _pad_rows(geo, x, xp, r0, r1):
+    """Rows [r0, r1) (image, ih) of x copied into the interior of the zero-bordered xp
+    [N, H + 2ph, W + 2pw, C] (the border is zero from the plan and never written)."""
+    C, H, W, ph, pw = geo[G_CG], geo[G_H], geo[G_W], geo[G_PH], geo[G_PW]
+    Wp = W + 2 * pw
+    for row in range(r0, r1):
+        n = row // H
+        ih = row - n * H
+        o = ((n * (H + 2 * ph) + ih + ph) * Wp + pw) * C
+        xp[o:o + W * C] = x[row * W * C:(row + 1) * W * C]
+
+
+@njit(cache=True, fastmath=_FM)
+def _direct_rows(spec, geo, xp, wf, bias, of, res, mode, r0, r1):
+    """Rows [r0, r1) (image, oh) of a dense direct convolution on the padded input xp, in
+    tiles of T = taps(spec) output pixels x KB = block(spec) channels held in registers:
+    bias + sum over (r, s, c) of xp[n, ih, iw, c] * wf[kb, r, s, c, :]. The last tile of a
+    row ends at OW (it may recompute pixels of the one before: T <= OW). Then the epilogue."""
+    T, KB = spec_taps(spec), spec_block(spec)
+    C, H, W, OH, OW, K = geo[G_CG], geo[G_H], geo[G_W], geo[G_OH], geo[G_OW], geo[G_K]
+    R, S, sh, sw, dh, dw = geo[G_R], geo[G_S], geo[G_SH], geo[G_SW], geo[G_DH], geo[G_DW]
+    Hp, Wp = H + 2 * geo[G_PH], W + 2 * geo[G_PW]
+    for row in range(r0, r1):
+        n = row // OH
+        oh = row - n * OH
+        for kb in range(geo[G_NKB]):
+            k0 = kb * KB
+            for t in range(0, OW, T):
+                ow = min(t, OW - T)
+                acc = vinit_taps(spec, bias, k0)
+                for r in range(R):
+                    xr = ((n * Hp + oh * sh + r * dh) * Wp + ow * sw) * C
+                    wr = (kb * R + r) * S * C * KB
+                    if dw == 1:  # the kernel row's S*C inputs are contiguous
+                        for j in range(S * C):
+                            acc = vfma_taps(spec, acc, xp, xr + j, sw * C, wf, wr + j * KB)
+                    else:
+                        for s in range(S):
+                            for c in range(C):
+                                acc = vfma_taps(spec, acc, xp, xr + s * dw * C + c, sw * C, wf,
+                                                wr + (s * C + c) * KB)
+                vstoren_taps(spec, of, (row * OW + ow) * K + k0, K, acc, min(KB, K - k0))
+        if mode != 0:
+            _ep_range(of, res, mode, row * OW * K, (row + 1) * OW * K)
+
+
+@njit(cache=True, fastmath=_FM)
+def direct_serial(spec, geo, x, xp, wf, bias, of, res, mode):
+    """A dense conv over few input channels (the image layer) computed directly: the input
+    copied into a zero-bordered buffer, then output tiles in registers (:func:`_direct_rows`).
+    wf: [nkb, R, S, C, KB] (zero padded past K), bias: [nkb * KB], x / xp / of: NHWC."""
+    _pad_rows(geo, x, xp, 0, geo[G_N] * geo[G_H])
+    _direct_rows(spec, geo, xp, wf, bias, of, res, mode, 0, geo[G_N] * geo[G_OH])
+
+
+@njit(cache=True, fastmath=_FM, parallel=True)
+def direct_parallel(spec, geo, x, xp, wf, bias, of, res, mode):
+    """:func:`direct_serial`, one row per task."""
+    for row in prange(geo[G_N] * geo[G_H]):
+        _pad_rows(geo, x, xp, row, row + 1)
+    for row in prange(geo[G_N] * geo[G_OH]):
+        _direct_rows(spec, geo, xp, wf, bias, of, res, mode, row, row + 1)
 
 
 @njit(cache=True)

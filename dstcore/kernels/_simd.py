@@ -18,6 +18,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.imputils import lower_constant
 from numba.core.extending import (
     NativeValue,
     intrinsic,
@@ -79,6 +80,12 @@ register_model(KSpecType)(models.OpaqueModel)
 @unbox(KSpecType)
 def _unbox_kspec(typ, obj, c):
     return NativeValue(c.context.get_dummy_value())
+
+
+@lower_constant(KSpecType)
+def _kspec_constant(context, builder, ty, pyval):
+    """A KSpec used as a global of jitted code (its sizes are in the type; no data)."""
+    return context.get_dummy_value()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -339,25 +346,71 @@ def vfma16_mem(typingctx, dst, doff, s, src, soff):
     return types.none(dst, types.intp, types.float32, src, types.intp), codegen
 
 
+def _masked_load16(builder, p, mask):
+    """<16 x float> at p, lanes off in ``mask`` read as zero (and never touched)."""
+    fnty = ir.FunctionType(_V16, [_V16.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES),
+                                  _V16])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
+    return builder.call(fn, [builder.bitcast(p, _V16.as_pointer()), ir.Constant(_I32, 4), mask,
+                             ir.Constant(_V16, None)])
+
+
+_VEC16 = F32Vec(LANES)
+
+
 @intrinsic
-def vpool16_mem(typingctx, dst, doff, src, soff, is_max):
-    """dst[doff:doff+16] = max(dst, src[soff:soff+16]) (NaN in either propagates, as in torch)
-    if is_max, else dst += src."""
-    if not _is_f32_array(dst) or not _is_f32_array(src) or not isinstance(is_max, types.Boolean):
+def vfill16(typingctx, s):
+    """16 copies of the scalar s."""
+    if not isinstance(s, types.Float | types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
-        pd = _ptr(context, builder, sig.args[0], args[0], args[1])
-        ps = _ptr(context, builder, sig.args[2], args[2], args[3])
-        d, x = _load16(builder, pd, 0), _load16(builder, ps, 0)
-        with builder.if_else(args[4]) as (then, otherwise):
-            with then:
-                t = builder.select(builder.fcmp_unordered(">", x, d), x, d)
-                _store16(builder, builder.select(builder.fcmp_unordered("uno", d, d), d, t), pd, 0)
-            with otherwise:
-                _store16(builder, builder.fadd(d, x), pd, 0)
-        return context.get_dummy_value()
-    return types.none(dst, types.intp, src, types.intp, is_max), codegen
+        v = _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32))
+        return builder.insert_value(_vec_const_zero(LANES), v, 0)
+    return _VEC16(s), codegen
+
+
+@intrinsic
+def vloadn16(typingctx, arr, off, count):
+    """arr[off:off+count] in the first ``count`` (<= 16) lanes, zeros after (masked load: it
+    never reads past count)."""
+    if not _is_f32_array(arr):
+        return None
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        v = _masked_load16(builder, p, _lane_mask(builder, args[2], 0))
+        return builder.insert_value(_vec_const_zero(LANES), v, 0)
+    return _VEC16(arr, types.intp, types.intp), codegen
+
+
+@intrinsic
+def vpool16(typingctx, acc, x, is_max):
+    """max(acc, x) lane-wise, a NaN in either propagating as in torch, if is_max; else
+    acc + x."""
+    if acc != _VEC16 or x != _VEC16 or not isinstance(is_max, types.Boolean):
+        return None
+
+    def codegen(context, builder, sig, args):
+        d, v = builder.extract_value(args[0], 0), builder.extract_value(args[1], 0)
+        t = builder.select(builder.fcmp_unordered(">", v, d), v, d)
+        mx = builder.select(builder.fcmp_unordered("uno", d, d), d, t)
+        r = builder.select(args[2], mx, builder.fadd(d, v))
+        return builder.insert_value(_vec_const_zero(LANES), r, 0)
+    return _VEC16(acc, x, is_max), codegen
+
+
+@intrinsic
+def vscale16(typingctx, acc, s):
+    """acc * s lane-wise."""
+    if acc != _VEC16 or not isinstance(s, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        sv = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32))
+        r = builder.fmul(builder.extract_value(args[0], 0), sv)
+        return builder.insert_value(_vec_const_zero(LANES), r, 0)
+    return _VEC16(acc, s), codegen
 
 
 @intrinsic
@@ -387,3 +440,71 @@ def nzmask64(typingctx, arr, off):
         cmp = builder.fcmp_unordered("!=", vec, ir.Constant(v64, None))
         return builder.bitcast(cmp, _I64)
     return types.uint64(arr, types.intp), codegen
+
+
+# ----------------------------------------------------------------------------- output tiles
+# A tile is ``taps`` output pixels x ``block`` output channels held in registers
+# (F32Vec(taps * block)); the direct convolution accumulates one per call of vfma_taps.
+
+
+@intrinsic
+def vinit_taps(typingctx, spec, arr, off):
+    """``taps`` copies of arr[off:off+block] (a tile initialised to the bias)."""
+    if not isinstance(spec, KSpecType) or not _is_f32_array(arr):
+        return None
+    vt = F32Vec(spec.taps * spec.block)
+    nb = spec.block // LANES
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[1], args[1], args[2])
+        vecs = [_load16(builder, p, i) for i in range(nb)]
+        out = _vec_const_zero(vt.n)
+        for i in range(vt.n // LANES):
+            out = builder.insert_value(out, vecs[i % nb], i)
+        return out
+    return vt(spec, arr, types.intp), codegen
+
+
+@intrinsic
+def vfma_taps(typingctx, spec, acc, x, xoff, xstep, w, woff):
+    """For t < taps: acc[t] += x[xoff + t*xstep] * w[woff:woff+block] (the weight vector is
+    loaded once and used ``taps`` times)."""
+    if (not isinstance(spec, KSpecType) or not isinstance(acc, F32Vec) or not _is_f32_array(x)
+            or not _is_f32_array(w) or acc.n != spec.taps * spec.block):
+        return None
+    taps, nb = spec.taps, spec.block // LANES
+
+    def codegen(context, builder, sig, args):
+        px = _ptr(context, builder, sig.args[2], args[2], args[3])
+        pw = _ptr(context, builder, sig.args[5], args[5], args[6])
+        wv = [_load16(builder, pw, i) for i in range(nb)]
+        fn = _fmuladd(builder)
+        out = args[1]
+        for t in range(taps):
+            xs = builder.load(builder.gep(px, [builder.mul(args[4], ir.Constant(_I64, t))]))
+            sv = _splat(builder, xs)
+            for i in range(nb):
+                r = builder.call(fn, [sv, wv[i], builder.extract_value(out, t * nb + i)])
+                out = builder.insert_value(out, r, t * nb + i)
+        return out
+    return acc(spec, acc, x, types.intp, types.intp, w, types.intp), codegen
+
+
+@intrinsic
+def vstoren_taps(typingctx, spec, arr, off, step, acc, count):
+    """For t < taps: arr[off + t*step : +count] = acc[t][:count] (masked; count <= block)."""
+    if (not isinstance(spec, KSpecType) or not isinstance(acc, F32Vec)
+            or not _is_f32_array(arr) or acc.n != spec.taps * spec.block):
+        return None
+    taps, nb = spec.taps, spec.block // LANES
+
+    def codegen(context, builder, sig, args):
+        base = _ptr(context, builder, sig.args[1], args[1], args[2])
+        masks = [_lane_mask(builder, args[5], LANES * i) for i in range(nb)]
+        for t in range(taps):
+            p = builder.gep(base, [builder.mul(args[3], ir.Constant(_I64, t))])
+            for i in range(nb):
+                _masked_store16(builder, builder.extract_value(args[4], t * nb + i), p, i,
+                                masks[i])
+        return context.get_dummy_value()
+    return types.none(spec, arr, types.intp, types.intp, acc, types.intp), codegen

@@ -35,6 +35,7 @@ from dstcore.kernels import _conv as K
 from dstcore.kernels._runner_ops import BLOCK_OUT
 from dstcore.kernels._simd import KSpec
 from dstcore.kernels.cpu import (
+    _HAS_AVX512,
     MAX_ACC_LANES,
     ConvParams,
     _geo_array,
@@ -53,9 +54,11 @@ BLOCK_ZERO_FRACTION = 0.25
 BLOCK_MIN_WIDTH = 3
 SLACK = 256  # float32 elements after every buffer (vector loads may read past the end)
 ALIGN = 16
-#: convs with at most this many input channels (the image layer) run as im2col + a 1x1 conv
-#: over R*S*C channels: with C = 3 the per-position lists are too short to amortise
-IM2COL_MAX_CHANNELS = 4
+#: convs with at most this many input channels (the image layer) run as a dense direct conv
+#: (every kind): with C = 3 the per-position non-zero lists are too short to amortise
+DIRECT_MAX_CHANNELS = 4
+#: direct conv output tile (pixels x channels) held in registers: 16 of 32 zmm with AVX-512
+DIRECT_ACC_LANES = 256 if _HAS_AVX512 else 64
 
 
 MAX_OPERATIONS = 250  # traced operations; ResNet50 has 122, GoogLeNet 140, DenseNet121 372
@@ -200,7 +203,8 @@ class _Output(_Op):
 
 @dataclass
 class _Conv(_Op):
-    """conv2d / linear (as a conv) + epilogue; ``path`` is 'gemm', 'compress' or 'block'."""
+    """conv2d / linear (as a conv) + epilogue; ``path`` is 'gemm', 'direct', 'compress' or
+    'block'."""
 
     params: ConvParams = None  # type: ignore[assignment]
     path: str = "compress"
@@ -220,6 +224,9 @@ class _Conv(_Op):
         if self.path == "gemm":
             return [_Call(f"gemm_{suf}", [("F", "x"), *tail, ("P", "m"), ("P", "kd"),
                                           ("P", "nout")])]
+        if self.path == "direct":
+            return [_Call(f"direct_{suf}", [("spec", self.spec_index), ("I", "geo"), ("F", "x"),
+                                            ("F", "xp"), *tail])]
         lists = [("I", "ptr"), ("Q", "q"), ("F", "val")]
         if self.path == "block":
             return [
@@ -243,13 +250,21 @@ class _Conv(_Op):
                     "y": mem.values[self.out], "res": res, "mode": self.mode,
                     "m": n * oh * ow, "kd": self.kd, "nout": p.out_channels}
         block = self.path == "block"
-        kg, kpad, nkb = (BLOCK_OUT, BLOCK_OUT, 1) if block else (
-            p.out_channels, -(-p.out_channels // self.kb) * self.kb, -(-p.out_channels // self.kb))
+        if block:
+            kg, kpad, nkb = BLOCK_OUT, BLOCK_OUT, 1
+        else:
+            nkb = -(-p.out_channels // self.kb)
+            kg, kpad = p.out_channels, nkb * self.kb
         (r, s), (sh, sw), (ph, pw), (dh, dw) = p.kernel_size, p.stride, p.padding, p.dilation
         geo = _geo_array({K.G_N: n, K.G_G: 1, K.G_CG: c, K.G_H: h, K.G_W: w, K.G_OH: oh,
                           K.G_OW: ow, K.G_K: p.out_channels, K.G_KG: kg, K.G_KPAD: kpad,
                           K.G_R: r, K.G_S: s, K.G_SH: sh, K.G_SW: sw, K.G_PH: ph, K.G_PW: pw,
                           K.G_DH: dh, K.G_DW: dw, K.G_NKB: nkb})
+        if self.path == "direct":
+            padded = np.zeros(n * (h + 2 * ph) * (w + 2 * pw) * c + SLACK, np.float32)
+            return {"geo": mem.const("I", geo), "x": mem.values[self.ins[0]],
+                    "xp": mem.const("F", padded), "wf": self.w_range, "bias": self.b_range,
+                    "y": mem.values[self.out], "res": res, "mode": self.mode}
         npos = n * h * w
         nblk = p.out_channels // BLOCK_OUT if block else 1
         vals = {"geo": mem.const("I", geo), "wf": self.w_range, "bias": self.b_range,
@@ -593,8 +608,10 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     h, wd, _ = low.shapes[x]
     oh, ow = params.out_hw(h, wd)
     y = low.new_value((oh, ow, params.out_channels), flat=isinstance(mod, nn.Linear))
-    image_layer = params.in_channels <= IM2COL_MAX_CHANNELS and params.kernel_size != (1, 1)
-    if low.kind == "dense" or image_layer:
+    image_layer = params.in_channels <= DIRECT_MAX_CHANNELS and params.kernel_size != (1, 1)
+    if image_layer:
+        op = _direct_conv(low, x, w, mod.bias, params)
+    elif low.kind == "dense":
         op = _gemm_conv(low, x, w, mod.bias, params)
     else:
         op = _sparse_conv(low, x, w, mod.bias, params)
@@ -621,6 +638,26 @@ def _gemm_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
     b = bias.detach() if bias is not None else torch.zeros(k)
     return _Conv([x], None, params=params, path="gemm", w_range=low.add_weights(wt.numpy()),
                  b_range=low.add_weights(b.float().numpy()), kb=0, kd=wt.shape[0])
+
+
+def _direct_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
+                 params: ConvParams) -> _Conv:
+    """A dense conv over few input channels as output tiles of T pixels x KB channels in
+    registers (KB = K rounded up to 16, at most 64; T fills DIRECT_ACC_LANES, at most OW)."""
+    k, c, r, s = w.shape
+    kb = min(64, -(-k // 16) * 16)
+    nkb = -(-k // kb)
+    wp = torch.zeros(nkb * kb, c, r, s)
+    wp[:k] = w
+    wf = wp.reshape(nkb, kb, c, r, s).permute(0, 3, 4, 2, 1)  # [nkb, R, S, C, KB]
+    bp = torch.zeros(nkb * kb)
+    if bias is not None:
+        bp[:k] = bias.detach()
+    ow = params.out_hw(*low.shapes[x][:2])[1]
+    return _Conv([x], None, params=params, path="direct",
+                 spec_index=low.spec(max(1, min(ow, DIRECT_ACC_LANES // kb)), kb),
+                 w_range=low.add_weights(wf.contiguous().numpy()),
+                 b_range=low.add_weights(bp.numpy()), kb=kb)
 
 
 def _sparse_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
@@ -752,17 +789,20 @@ from numba import njit
 
 from dstcore.kernels._compress import compress_nhwc_parallel, compress_nhwc_serial  # noqa: F401
 from dstcore.kernels._runner_ops import *  # noqa: F401,F403
+from dstcore.kernels._simd import KSpec  # noqa: F401
 
-
+{specs}
 @njit(cache=True)
-def forward(x, out, W, F, I, Q, P, specs):
+def forward(x, out, W, F, I, Q, P):
 '''
 
 
-def _source(ops: list[_Op], profile: bool = False
+def _source(ops: list[_Op], specs: list[KSpec], profile: bool = False
             ) -> tuple[str, list[dict[str, tuple[int, bool]]]]:
     """The generated module and, per op, its plan slots: key -> (first P index, is a range).
 
+    Kernel specs are module globals (compile-time constants), not arguments: Numba types a
+    tuple argument in Python on every call (~20 us for four specs), a global once.
     ``profile``: ``forward`` takes a last argument ``only`` and runs op ``only`` alone.
     """
     lines, layout, slot = [], [], 0
@@ -781,12 +821,14 @@ def _source(ops: list[_Op], profile: bool = False
                     i = keys[a[1]][0]
                     args.append(f"{a[0]}[P[{i}]:P[{i + 1}]]" if rng else f"P[{i}]")
                 elif a[0] == "spec":
-                    args.append(f"specs[{a[1]}]")
+                    args.append(f"SPEC{a[1]}")
                 else:
                     args.append(a[0])
             lines.append(f"{'    ' * (1 + profile)}{call.fn}({', '.join(args)})")
         layout.append(keys)
-    header = _HEADER.replace("specs):", "specs, only):") if profile else _HEADER
+    header = _HEADER.replace("P):", "P, only):") if profile else _HEADER
+    header = header.replace("{specs}", "".join(
+        f"SPEC{i} = KSpec({s.taps}, {s.block})\n" for i, s in enumerate(specs)))
     header = header.replace('"""\nfrom numba', f'"""\n# kernels {_kernels_digest()}\nfrom numba', 1)
     return header + "\n".join(lines) + "\n", layout
 
@@ -848,6 +890,7 @@ class _Plan:
     I: np.ndarray  # noqa: E741
     Q: np.ndarray
     out_shape: tuple[int, ...]
+    out_numel: int
 
 
 def _make_plan(low: _Lowering, layout: list[dict[str, tuple[int, bool]]], n: int) -> _Plan:
@@ -879,7 +922,7 @@ def _make_plan(low: _Lowering, layout: list[dict[str, tuple[int, bool]]], n: int
     kind, vid = low.out_shape
     h, w, c = low.shapes[vid]
     out_shape = (n, c * h * w) if kind == "flat" else (n, c, h, w)
-    return _Plan(P, arrays["F"], arrays["I"], arrays["Q"], out_shape)
+    return _Plan(P, arrays["F"], arrays["I"], arrays["Q"], out_shape, int(np.prod(out_shape)))
 
 
 # ----------------------------------------------------------------------------- API
@@ -916,25 +959,25 @@ class CompiledModel:
     def __init__(self, gm: torch.fx.GraphModule, kind: str, threads: int,
                  name: str = "model") -> None:
         self.gm, self.kind, self.threads, self.name = gm, kind, threads, name
-        self._lowered: dict[tuple[int, int, int], tuple[_Lowering, list, Callable, tuple]] = {}
-        self._plans: dict[tuple[int, ...], tuple[_Plan, Callable, np.ndarray, tuple]] = {}
+        self._lowered: dict[tuple[int, int, int], tuple[_Lowering, list, Callable, np.ndarray]] = {}
+        self._plans: dict[tuple[int, ...], tuple[_Plan, Callable, np.ndarray]] = {}
 
     def _lower(self, chw: tuple[int, int, int]):
         if chw not in self._lowered:
             low = _Lowering(self.gm, self.kind, parallel=self.threads > 1)
             _lower_graph(low, chw)
-            source, layout = _source(low.ops)
+            source, layout = _source(low.ops, low.specs)
             weights = np.concatenate(low.weights + [np.zeros(SLACK, np.float32)])
-            self._lowered[chw] = (low, layout, _load_forward(source), (weights, tuple(low.specs)))
+            self._lowered[chw] = (low, layout, _load_forward(source), weights)
         return self._lowered[chw]
 
     def prepare(self, shape: tuple[int, ...]) -> None:
         """Plan buffers (and compile, on first use) for inputs of ``shape`` [N, C, H, W]."""
         if tuple(shape) in self._plans:
             return
-        low, layout, fn, (weights, specs) = self._lower(tuple(shape[1:]))
+        low, layout, fn, weights = self._lower(tuple(shape[1:]))
         _single_thread_blas()
-        self._plans[tuple(shape)] = (_make_plan(low, layout, shape[0]), fn, weights, specs)
+        self._plans[tuple(shape)] = (_make_plan(low, layout, shape[0]), fn, weights)
 
     def profile(self, x: Tensor, repeats: int = 10) -> list[dict[str, Any]]:
         """Median ms of each lowered op on input ``x`` (ops run alone, in order, ``repeats``
@@ -943,11 +986,11 @@ class CompiledModel:
 
         self(x)
         low = self._lower(tuple(x.shape[1:]))[0]
-        plan, _, weights, specs = self._plans[tuple(x.shape)]
-        fn = _load_forward(_source(low.ops, profile=True)[0])
+        plan, _, weights = self._plans[tuple(x.shape)]
+        fn = _load_forward(_source(low.ops, low.specs, profile=True)[0])
         out = torch.empty(plan.out_shape)
         args = (x.detach().contiguous().view(-1).numpy(), out.view(-1).numpy(), weights,
-                plan.F, plan.I, plan.Q, plan.P, specs)
+                plan.F, plan.I, plan.Q, plan.P)
         times = np.zeros((repeats, len(low.ops)))
         for r in range(repeats + 1):
             for k in range(len(low.ops)):
@@ -973,13 +1016,13 @@ class CompiledModel:
         if entry is None:
             self.prepare(key)
             entry = self._plans[key]
-        plan, fn, weights, specs = entry
+        plan, fn, weights = entry
         if numba.get_num_threads() != self.threads:
             numba.set_num_threads(self.threads)
-        out = torch.empty(plan.out_shape)
-        xf = x.detach().contiguous().view(-1).numpy()
-        fn(xf, out.view(-1).numpy(), weights, plan.F, plan.I, plan.Q, plan.P, specs)
-        return out
+        out = np.empty(plan.out_numel, np.float32)
+        fn(x.detach().contiguous().numpy().reshape(-1), out, weights, plan.F, plan.I, plan.Q,
+           plan.P)
+        return torch.from_numpy(out).view(plan.out_shape)
 
 
 def compile_model(model: nn.Module, kind: str, *, batch_size: int | None = None,

@@ -282,7 +282,8 @@ def _direct_rows(spec, geo, xp, wf, bias, of, res, mode, r0, r1):
     """Rows [r0, r1) (image, oh) of a dense direct convolution on the padded input xp, in
     tiles of T = taps(spec) output pixels x KB = block(spec) channels held in registers:
     bias + sum over (r, s, c) of xp[n, ih, iw, c] * wf[kb, r, s, c, :]. The last tile of a
-    row ends at OW (it may recompute pixels of the one before: T <= OW). Then the epilogue."""
+    row ends at OW (it may recompute pixels of the one before: T <= OW). A ReLU epilogue is
+    applied in registers, a residual one after the row."""
     T, KB = spec_taps(spec), spec_block(spec)
     C, H, W, OH, OW, K = geo[G_CG], geo[G_H], geo[G_W], geo[G_OH], geo[G_OW], geo[G_K]
     R, S, sh, sw, dh, dw = geo[G_R], geo[G_S], geo[G_SH], geo[G_SW], geo[G_DH], geo[G_DW]
@@ -306,8 +307,9 @@ def _direct_rows(spec, geo, xp, wf, bias, of, res, mode, r0, r1):
                             for c in range(C):
                                 acc = vfma_taps(spec, acc, xp, xr + s * dw * C + c, sw * C, wf,
                                                 wr + (s * C + c) * KB)
-                vstoren_taps(spec, of, (row * OW + ow) * K + k0, K, acc, min(KB, K - k0))
-        if mode != 0:
+                vstoren_taps(spec, of, (row * OW + ow) * K + k0, K, acc, min(KB, K - k0),
+                             mode == 1)
+        if mode >= 2:
             _ep_range(of, res, mode, row * OW * K, (row + 1) * OW * K)
 
 

@@ -117,6 +117,14 @@ def _fmuladd(builder):
         builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fmuladd.v16f32")
 
 
+def _splat_i1(builder, b):
+    """<16 x i1> copies of the i1 b."""
+    v1 = ir.VectorType(ir.IntType(1), LANES)
+    v = builder.insert_element(ir.Constant(v1, ir.Undefined), b, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(v1, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
 def _lane_mask(builder, count, first_lane):
     """<16 x i1>: lane l is on iff first_lane + l < count."""
     i32v = ir.VectorType(_I32, LANES)
@@ -491,20 +499,28 @@ def vfma_taps(typingctx, spec, acc, x, xoff, xstep, w, woff):
 
 
 @intrinsic
-def vstoren_taps(typingctx, spec, arr, off, step, acc, count):
-    """For t < taps: arr[off + t*step : +count] = acc[t][:count] (masked; count <= block)."""
+def vstoren_taps(typingctx, spec, arr, off, step, acc, count, relu):
+    """For t < taps: arr[off + t*step : +count] = acc[t][:count] (masked; count <= block),
+    through max(., 0) if relu."""
     if (not isinstance(spec, KSpecType) or not isinstance(acc, F32Vec)
-            or not _is_f32_array(arr) or acc.n != spec.taps * spec.block):
+            or not _is_f32_array(arr) or acc.n != spec.taps * spec.block
+            or not isinstance(relu, types.Boolean)):
         return None
     taps, nb = spec.taps, spec.block // LANES
 
     def codegen(context, builder, sig, args):
         base = _ptr(context, builder, sig.args[1], args[1], args[2])
         masks = [_lane_mask(builder, args[5], LANES * i) for i in range(nb)]
+        zero = ir.Constant(_V16, None)
+        relu = builder.icmp_unsigned("!=", args[6], ir.Constant(args[6].type, 0))
+        relu = _splat_i1(builder, relu)
         for t in range(taps):
             p = builder.gep(base, [builder.mul(args[3], ir.Constant(_I64, t))])
             for i in range(nb):
-                _masked_store16(builder, builder.extract_value(args[4], t * nb + i), p, i,
-                                masks[i])
+                v = builder.extract_value(args[4], t * nb + i)
+                # max(v, 0) that keeps NaN, like torch's relu: v > 0 or v != v ? v : 0
+                keep = builder.fcmp_unordered(">", v, zero)
+                v = builder.select(builder.and_(relu, builder.not_(keep)), zero, v)
+                _masked_store16(builder, v, p, i, masks[i])
         return context.get_dummy_value()
-    return types.none(spec, arr, types.intp, types.intp, acc, types.intp), codegen
+    return types.none(spec, arr, types.intp, types.intp, acc, types.intp, relu), codegen

@@ -217,6 +217,7 @@ class _Conv(_Op):
     amask: np.ndarray | None = None  # block path: alive-channel bit masks [nblk * C/16]
     parallel: bool = False
     kd: int = 0  # gemm path: inner dimension (input channels x kernel taps)
+    in_hwc: tuple[int, int, int] | None = None  # read the input as this shape (same buffer)
 
     def calls(self) -> list[_Call]:
         suf = "parallel" if self.parallel else "serial"
@@ -242,7 +243,7 @@ class _Conv(_Op):
 
     def fill(self, mem, shapes):
         n, p = mem.n, self.params
-        h, w, c = shapes[self.ins[0]]
+        h, w, c = self.in_hwc or shapes[self.ins[0]]
         oh, ow = p.out_hw(h, w)
         res = mem.values[self.res] if self.res is not None else (0, 1)
         if self.path == "gemm":
@@ -662,7 +663,18 @@ def _direct_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
 
 def _sparse_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
                  params: ConvParams) -> _Conv:
-    """A layer that skips zero inputs (and, on block-pruned weights, dead weight blocks)."""
+    """A layer that skips zero inputs (and, on block-pruned weights, dead weight blocks).
+
+    A kernel covering the whole unpadded map (a linear layer after a flatten) becomes a 1x1
+    conv over its H*W*C inputs, read from the same NHWC buffer: one list of non-zeros and
+    no taps that land outside the single output pixel."""
+    h, wd, c = low.shapes[x]
+    in_hwc = None
+    if (params.kernel_size == (h, wd) != (1, 1) and params.padding == (0, 0)
+            and params.dilation == (1, 1)):
+        k = params.out_channels
+        w = w.permute(0, 2, 3, 1).reshape(k, h * wd * c, 1, 1)  # NHWC patch order
+        params, in_hwc = ConvParams(h * wd * c, k, (1, 1)), (1, 1, h * wd * c)
     use_blocks = low.kind == "dual_sparse" and params.kernel_size[1] >= BLOCK_MIN_WIDTH
     amask = _block_mask(w) if use_blocks else None
     path = "block" if amask is not None else "compress"
@@ -671,7 +683,7 @@ def _sparse_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
     wf, bf = act_weight_layout(w, bias, 1, kb)
     return _Conv([x], None, params=params, path=path, spec_index=low.spec(taps, kb),
                  w_range=low.add_weights(wf.numpy()), b_range=low.add_weights(bf.numpy()),
-                 kb=kb, amask=amask)
+                 kb=kb, amask=amask, in_hwc=in_hwc)
 
 
 def _im2col(low: _Lowering, x: int, w: Tensor, params: ConvParams

@@ -165,15 +165,17 @@ def _family_cases():
             yield pytest.param(name, shape, second, kind, marks=marks, id=f"{name}-{kind}")
 
 
-def _is_image_layer(m: nn.Module) -> bool:
+def _is_direct(m: nn.Module) -> bool:
+    """Convs over few input channels run dense and direct (not linears, not 1x1)."""
     return (isinstance(m, nn.Conv2d) and m.in_channels <= DIRECT_MAX_CHANNELS
             and m.kernel_size != (1, 1))
 
 
 def expected_paths(model: nn.Module, kind: str) -> list[str]:
-    """Per conv/linear: 'direct' for the image layer (few input channels) of every kind, else
-    'gemm' for the dense kind and 'compress' for the sparse kinds (no block-pruned weights)."""
-    return ["direct" if _is_image_layer(m) else "gemm" if kind == "dense" else "compress"
+    """Per conv/linear: 'direct' for convs over few input channels (the image layer, the
+    16-channel stage) in every kind, else 'gemm' for the dense kind and 'compress' for the
+    sparse kinds (no block-pruned weights)."""
+    return ["direct" if _is_direct(m) else "gemm" if kind == "dense" else "compress"
             for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
 
 
@@ -209,7 +211,8 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
     """Zero whole (16 output x 1 input channel) units of every conv the block path can take
     (C and K multiples of 16): ``rate`` of them per layer, except ``layers.1.conv1`` (all of
     them: its output is the bias alone) and ``layers.0.conv2`` (2 of its 16 units, below the
-    runner's 25% threshold: stays 'compress'). Returns the expected path per conv/linear."""
+    runner's 25% threshold: not the block path, and with 16 input channels 'direct').
+    Returns the expected path per conv/linear."""
     expected = {}
     with torch.no_grad():
         for name, m in model.named_modules():
@@ -217,11 +220,11 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
                 continue
             k, c = m.weight.shape[:2]
             if k % 16 or c % 16:
-                expected[name] = "direct" if _is_image_layer(m) else "compress"
+                expected[name] = "direct" if _is_direct(m) else "compress"
                 continue
             if name == "layers.0.conv2":
                 m.weight[:16, :2] = 0.0  # 2 of 16 units: 12.5% < BLOCK_ZERO_FRACTION
-                expected[name] = "compress"
+                expected[name] = "direct"  # 16 input channels, not block pruned
                 continue
             layer_rate = 1.0 if name == "layers.1.conv1" else rate
             (keep,) = block_masks([m.weight], layer_rate, scope="layer")

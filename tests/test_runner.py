@@ -417,7 +417,7 @@ def test_strided_inputs_and_eager_prepare(runner):
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(3, 2, 1), nn.AvgPool2d(2), nn.AdaptiveMaxPool2d(2),
                                   nn.AdaptiveAvgPool2d(1)], ids=lambda p: type(p).__name__)
-@pytest.mark.parametrize("channels", [16, 6])  # the 16-lane vector path and the scalar one
+@pytest.mark.parametrize("channels", [16, 6, 20])  # whole 16-lane vectors, masked, both
 def test_pooling_propagates_nan_like_torch(pool, channels):
     model = nn.Sequential(nn.Conv2d(3, channels, 1), pool).eval()
     x = torch.randn(2, 3, 9, 7)
@@ -428,6 +428,43 @@ def test_pooling_propagates_nan_like_torch(pool, channels):
     assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
     ok = ~torch.isnan(ref)
     assert torch.allclose(y[ok], ref[ok], atol=1e-5)
+
+
+@pytest.mark.parametrize(("cin", "cout", "conv"), [
+    (1, 6, dict(kernel_size=5, padding=2)),                    # LeNet5's: K < 16, one tile
+    (3, 70, dict(kernel_size=7, stride=2, padding=3)),         # 2 channel blocks, the 2nd masked
+    (2, 20, dict(kernel_size=(3, 5), stride=(2, 1), padding=(0, 2), dilation=(1, 2))),
+    (16, 16, dict(kernel_size=3, padding=1, bias=False)),      # the 16-channel stage
+    (4, 8, dict(kernel_size=3, padding=4, dilation=3)),        # padding wider than the kernel
+], ids=["lenet5", "blocks", "dilated", "stage", "wide-pad"])
+@pytest.mark.parametrize("kind", RUNNER_KINDS)
+def test_direct_conv_geometries(cin, cout, conv, kind):
+    """The dense direct conv (few input channels): strides, dilation, padding, channel tails,
+    a fused ReLU that keeps NaN and a fused residual add, against torch."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(cin, cout, **conv)
+            self.b = nn.Conv2d(cout, cout, 1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return torch.relu(self.b(y) + y)
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    compiled = compile_model(model, kind)
+    assert compiled.layers((cin, 13, 11))[0]["path"] == "direct"
+    for x in (torch.randn(2, cin, 13, 11), torch.randn(1, cin, 9, 16)):
+        with torch.no_grad():
+            ref = model(x)
+        assert_equal_to_torch(compiled(x), ref, f"{kind} {tuple(x.shape)}")
+    x = torch.randn(1, cin, 13, 11)
+    x[0, :, 6, 5] = float("nan")
+    with torch.no_grad():
+        ref = model(x)
+    y = compiled(x)
+    assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
 
 
 def test_profile_times_every_op(runner):

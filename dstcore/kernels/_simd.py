@@ -50,28 +50,33 @@ class _F32VecModel(models.PrimitiveModel):
 
 
 class KSpecType(types.Type):
-    """Numba type carrying two compile-time ints: kernel taps and output-channel block."""
+    """Numba type carrying compile-time ints: kernel taps, output-channel block and (direct
+    conv tiles) the input step between a tile's pixels, 0 when it is a runtime value."""
 
-    def __init__(self, taps: int, block: int) -> None:
+    def __init__(self, taps: int, block: int, step: int = 0) -> None:
         self.taps = taps
         self.block = block
-        super().__init__(name=f"KSpec({taps},{block})")
+        self.step = step
+        super().__init__(name=f"KSpec({taps},{block},{step})")
 
 
 class KSpec:
-    """Compile-time constants for a kernel: ``taps`` (kernel width S) and ``block`` lanes."""
+    """Compile-time constants for a kernel: ``taps`` (kernel width S, or pixels of a direct
+    conv tile), ``block`` lanes and optionally ``step`` (floats between a tile's pixels)."""
 
-    __slots__ = ("taps", "block", "_numba_type_")
+    __slots__ = ("taps", "block", "step", "_numba_type_")
 
-    def __init__(self, taps: int, block: int) -> None:
-        if block % LANES or block <= 0 or taps <= 0:
-            raise ValueError(f"bad KSpec({taps}, {block})")
+    def __init__(self, taps: int, block: int, step: int = 0) -> None:
+        if block % LANES or block <= 0 or taps <= 0 or step < 0:
+            raise ValueError(f"bad KSpec({taps}, {block}, {step})")
         self.taps = int(taps)
         self.block = int(block)
-        self._numba_type_ = KSpecType(self.taps, self.block)  # fast typeof in the dispatcher
+        self.step = int(step)
+        # fast typeof in the dispatcher
+        self._numba_type_ = KSpecType(self.taps, self.block, self.step)
 
     def __repr__(self) -> str:
-        return f"KSpec(taps={self.taps}, block={self.block})"
+        return f"KSpec(taps={self.taps}, block={self.block}, step={self.step})"
 
 
 register_model(KSpecType)(models.OpaqueModel)
@@ -476,11 +481,11 @@ def vinit_taps(typingctx, spec, arr, off):
 @intrinsic
 def vfma_taps(typingctx, spec, acc, x, xoff, xstep, w, woff):
     """For t < taps: acc[t] += x[xoff + t*xstep] * w[woff:woff+block] (the weight vector is
-    loaded once and used ``taps`` times)."""
+    loaded once and used ``taps`` times); xstep is the spec's step when that is not 0."""
     if (not isinstance(spec, KSpecType) or not isinstance(acc, F32Vec) or not _is_f32_array(x)
             or not _is_f32_array(w) or acc.n != spec.taps * spec.block):
         return None
-    taps, nb = spec.taps, spec.block // LANES
+    taps, nb, step = spec.taps, spec.block // LANES, spec.step
 
     def codegen(context, builder, sig, args):
         px = _ptr(context, builder, sig.args[2], args[2], args[3])
@@ -489,7 +494,9 @@ def vfma_taps(typingctx, spec, acc, x, xoff, xstep, w, woff):
         fn = _fmuladd(builder)
         out = args[1]
         for t in range(taps):
-            xs = builder.load(builder.gep(px, [builder.mul(args[4], ir.Constant(_I64, t))]))
+            # a compile-time step keeps every pixel's address base + constant (no registers)
+            off = ir.Constant(_I64, step * t) if step else builder.mul(args[4], ir.Constant(_I64, t))
+            xs = builder.load(builder.gep(px, [off]))
             sv = _splat(builder, xs)
             for i in range(nb):
                 r = builder.call(fn, [sv, wv[i], builder.extract_value(out, t * nb + i)])

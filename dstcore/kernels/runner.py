@@ -431,11 +431,11 @@ class _Lowering:
             self.wsize += pad
         return a, a + arr.size
 
-    def spec(self, taps: int, block: int) -> int:
+    def spec(self, taps: int, block: int, step: int = 0) -> int:
         for i, s in enumerate(self.specs):
-            if (s.taps, s.block) == (taps, block):
+            if (s.taps, s.block, s.step) == (taps, block, step):
                 return i
-        self.specs.append(KSpec(taps, block))
+        self.specs.append(KSpec(taps, block, step))
         return len(self.specs) - 1
 
     def value_of(self, arg: Any) -> int:
@@ -662,7 +662,8 @@ def _direct_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
         bp[:k] = bias.detach()
     ow = params.out_hw(*low.shapes[x][:2])[1]
     return _Conv([x], None, params=params, path="direct",
-                 spec_index=low.spec(max(1, min(ow, DIRECT_ACC_LANES // kb)), kb),
+                 spec_index=low.spec(max(1, min(ow, DIRECT_ACC_LANES // kb)), kb,
+                                     params.stride[1] * c),
                  w_range=low.add_weights(wf.contiguous().numpy()),
                  b_range=low.add_weights(bp.numpy()), kb=kb)
 
@@ -844,7 +845,7 @@ def _source(ops: list[_Op], specs: list[KSpec], profile: bool = False
         layout.append(keys)
     header = _HEADER.replace("P):", "P, only):") if profile else _HEADER
     header = header.replace("{specs}", "".join(
-        f"SPEC{i} = KSpec({s.taps}, {s.block})\n" for i, s in enumerate(specs)))
+        f"SPEC{i} = KSpec({s.taps}, {s.block}, {s.step})\n" for i, s in enumerate(specs)))
     header = header.replace('"""\nfrom numba', f'"""\n# kernels {_kernels_digest()}\nfrom numba', 1)
     return header + "\n".join(lines) + "\n", layout
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.core.imputils import lower_constant
 from numba.core.extending import (
     NativeValue,
     intrinsic,
@@ -26,6 +25,7 @@ from numba.core.extending import (
     register_model,
     unbox,
 )
+from numba.core.imputils import lower_constant
 
 LANES = 16
 _V16 = ir.VectorType(ir.FloatType(), LANES)

@@ -650,7 +650,8 @@ def _gemm_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
 def _direct_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
                  params: ConvParams) -> _Conv:
     """A dense conv over few input channels as output tiles of T pixels x KB channels in
-    registers (KB = K rounded up to 16, at most 64; T fills DIRECT_ACC_LANES, at most OW)."""
+    registers (KB = K rounded up to 16, at most 64; T*KB at most DIRECT_ACC_LANES, and T
+    splits a row evenly: OW = 28 with room for 16 gives two tiles of 14, not 16 + 16)."""
     k, c, r, s = w.shape
     kb = min(64, -(-k // 16) * 16)
     nkb = -(-k // kb)
@@ -661,9 +662,9 @@ def _direct_conv(low: _Lowering, x: int, w: Tensor, bias: Tensor | None,
     if bias is not None:
         bp[:k] = bias.detach()
     ow = params.out_hw(*low.shapes[x][:2])[1]
+    tiles = -(-ow // max(1, DIRECT_ACC_LANES // kb))
     return _Conv([x], None, params=params, path="direct",
-                 spec_index=low.spec(max(1, min(ow, DIRECT_ACC_LANES // kb)), kb,
-                                     params.stride[1] * c),
+                 spec_index=low.spec(-(-ow // tiles), kb, params.stride[1] * c),
                  w_range=low.add_weights(wf.contiguous().numpy()),
                  b_range=low.add_weights(bp.numpy()), kb=kb)
 

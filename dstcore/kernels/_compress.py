@@ -167,8 +167,19 @@ def _nhwc_fill(x, cur, q, val, P, Ctot, G, Cg, t):
 
 @njit(cache=True, fastmath=_FM)
 def compress_nhwc_serial(x, N, P, Ctot, G, ptr, q, val, cnt):
-    """x: flat float32 of [N, P, Ctot] (channels last), Ctot = G * Cg; returns nnz."""
+    """x: flat float32 of [N, P, Ctot] (channels last), Ctot = G * Cg; returns nnz.
+
+    With one group the lists are in position order, so they are written in one pass (each
+    position's list appended, then its end recorded); with groups (list index (n, g, p))
+    the counts come first, as in the parallel version."""
     Cg = Ctot // G
+    if G == 1:
+        ptr[0] = 0
+        for t in range(N * P):
+            cnt[t] = ptr[t]
+            _nhwc_fill(x, cnt, q, val, P, Ctot, 1, Cg, t)
+            ptr[t + 1] = cnt[t]
+        return ptr[N * P]
     for t in range(N * P):
         _nhwc_count(x, cnt, P, Ctot, G, Cg, t)
     nnz = _prefix(cnt, ptr, N * G * P)

@@ -21,7 +21,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from dstcore.kernels._compress import _emit_seq, _prefix
+from dstcore.kernels._compress import _emit_seq
 from dstcore.kernels._conv import (
     G_CG,
     G_DH,
@@ -408,7 +408,7 @@ def _block_rows(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of, res, mo
     lists ptr[g*NP : (g+1)*NP + 1] (only its alive input channels) and weights
     wf[g*wstride:], and writes channels [16g, 16g+16) of each output pixel."""
     for g in range(nblk):
-        _act_rows(spec, geo, ptr[g * NP:(g + 1) * NP + 1], q, val, wf[g * wstride:],
+        _act_rows(spec, geo, ptr[g * (NP + 1):(g + 1) * (NP + 1)], q, val, wf[g * wstride:],
                   bias[g * BLOCK_OUT:], of[g * BLOCK_OUT:], r0, r1, 0, 1)
     if mode != 0:
         row_len = geo[G_OW] * geo[G_K]
@@ -429,27 +429,30 @@ def block_conv_parallel(spec, geo, nblk, NP, ptr, q, val, wf, wstride, bias, of,
 
 @njit(cache=True, fastmath=_FM)
 def compress_blocks(x, NP, C, nblk, amask, ptr, q, val, cnt):
-    """Per-block non-zero lists of an NHWC input [NP, C] (C a multiple of 16).
+    """Per-block non-zero lists of an NHWC input [NP, C] (C a multiple of 16), in one pass.
 
     List of block g, position p: the channels c with x[p, c] != 0 and bit c%16 of
     ``amask[g * C/16 + c//16]`` set (input channel alive in block g), channels increasing.
-    ``ptr`` (length nblk*NP + 1) is block-major, so block g's CSR is
-    ``ptr[g*NP : (g+1)*NP + 1]`` with global offsets into q / val. Returns the entries.
+    Block g's CSR is ``ptr[g*(NP+1) : (g+1)*(NP+1)]``, its entries in q / val from g*NP*C
+    (room for every channel of every position), so each block's lists grow in position
+    order without a counting pass. ``cnt`` (nblk) holds the write cursors. Returns the
+    entries.
     """
     nch = C // 16
+    for g in range(nblk):
+        cnt[g] = g * NP * C
+        ptr[g * (NP + 1)] = cnt[g]
     for p in range(NP):
         for g in range(nblk):
-            s = np.uint64(0)
-            for k in range(nch):
-                s += popcount(nzmask16(x, p * C + k * 16) & np.uint64(amask[g * nch + k]))
-            cnt[g * NP + p] = s
-    nnz = _prefix(cnt, ptr, nblk * NP)
-    for p in range(NP):
-        for g in range(nblk):
-            j = cnt[g * NP + p]
+            j = cnt[g]
             for k in range(nch):
                 m = nzmask16(x, p * C + k * 16) & np.uint64(amask[g * nch + k])
                 j = _emit_seq(m, k * 16, x, p * C, q, val, j)
+            cnt[g] = j
+            ptr[g * (NP + 1) + p + 1] = j
+    nnz = 0
+    for g in range(nblk):
+        nnz += cnt[g] - g * NP * C
     return nnz
 
 

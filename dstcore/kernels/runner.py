@@ -277,7 +277,7 @@ class _Conv(_Op):
                 "n": n, "p": h * w, "c": c, "one": 1, "np": npos, "nblk": nblk,
                 "wstride": r * c * s * BLOCK_OUT}
         cap = nblk * npos * c + 16
-        vals |= {"ptr": mem.temp("I", nblk * npos + 1), "cnt": mem.temp("I", nblk * npos),
+        vals |= {"ptr": mem.temp("I", nblk * (npos + 1)), "cnt": mem.temp("I", nblk * npos),
                  "q": mem.temp("Q", cap), "val": mem.temp("F", cap)}
         if block:
             vals["amask"] = mem.const("I", self.amask)

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.core.extending import intrinsic
+from numba import njit, prange
 
 from dstcore.kernels._compress import _emit_seq
 from dstcore.kernels._conv import (
@@ -57,20 +54,6 @@ from dstcore.kernels._simd import (
 
 _FM = {"contract"}
 BLOCK_OUT = 16  # output channels per block of the block-pruned (structured) dual path
-
-
-@intrinsic
-def popcount(typingctx, m):
-    """Number of set bits of a uint64."""
-    if m != types.uint64:
-        return None
-
-    def codegen(context, builder, sig, args):
-        i64 = ir.IntType(64)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]),
-                                            "llvm.ctpop.i64")
-        return builder.call(fn, [args[0]])
-    return types.uint64(m), codegen
 
 
 # ----------------------------------------------------------------------------- layout

@@ -112,8 +112,10 @@ def _store16(builder, v, p, i):
 
 
 def _splat(builder, s):
-    v = builder.insert_element(ir.Constant(_V16, ir.Undefined), s, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(_V16, ir.Undefined),
+    """16 copies of the scalar LLVM value s (float, i32, i1, ...) as a <16 x type(s)>."""
+    vt = ir.VectorType(s.type, LANES)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
                                   ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
@@ -122,23 +124,10 @@ def _fmuladd(builder):
         builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.fmuladd.v16f32")
 
 
-def _splat_i1(builder, b):
-    """<16 x i1> copies of the i1 b."""
-    v1 = ir.VectorType(ir.IntType(1), LANES)
-    v = builder.insert_element(ir.Constant(v1, ir.Undefined), b, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(v1, ir.Undefined),
-                                  ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
-
-
 def _lane_mask(builder, count, first_lane):
     """<16 x i1>: lane l is on iff first_lane + l < count."""
-    i32v = ir.VectorType(_I32, LANES)
-    cnt = builder.trunc(count, _I32)
-    splat = builder.shuffle_vector(
-        builder.insert_element(ir.Constant(i32v, ir.Undefined), cnt, ir.Constant(_I32, 0)),
-        ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * LANES))
-    lanes = ir.Constant(i32v, list(range(first_lane, first_lane + LANES)))
-    return builder.icmp_signed("<", lanes, splat)
+    lanes = ir.Constant(ir.VectorType(_I32, LANES), list(range(first_lane, first_lane + LANES)))
+    return builder.icmp_signed("<", lanes, _splat(builder, builder.trunc(count, _I32)))
 
 
 def _masked_store16(builder, v, p, i, mask):
@@ -520,7 +509,7 @@ def vstoren_taps(typingctx, spec, arr, off, step, acc, count, relu):
         masks = [_lane_mask(builder, args[5], LANES * i) for i in range(nb)]
         zero = ir.Constant(_V16, None)
         relu = builder.icmp_unsigned("!=", args[6], ir.Constant(args[6].type, 0))
-        relu = _splat_i1(builder, relu)
+        relu = _splat(builder, relu)
         for t in range(taps):
             p = builder.gep(base, [builder.mul(args[3], ir.Constant(_I64, t))])
             for i in range(nb):

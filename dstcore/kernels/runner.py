@@ -133,9 +133,14 @@ class _Mem:
 
     def const(self, arena: str, data: np.ndarray) -> tuple[int, int]:
         """A range that lives as long as the plan (geometry, block masks)."""
-        off = self.arenas[arena].alloc(data.size, persistent=True)
+        off, end = self.zeros(arena, data.size)
         self.inits.append((arena, off, data))
-        return off, off + data.size
+        return off, end
+
+    def zeros(self, arena: str, size: int) -> tuple[int, int]:
+        """A range that lives as long as the plan and starts as zeros (the arenas do)."""
+        off = self.arenas[arena].alloc(size, persistent=True)
+        return off, off + size
 
     def release_temps(self) -> None:
         for arena, off, size in self.temps:
@@ -265,9 +270,9 @@ class _Conv(_Op):
                           K.G_R: r, K.G_S: s, K.G_SH: sh, K.G_SW: sw, K.G_PH: ph, K.G_PW: pw,
                           K.G_DH: dh, K.G_DW: dw, K.G_NKB: nkb})
         if self.path == "direct":
-            padded = np.zeros(n * (h + 2 * ph) * (w + 2 * pw) * c + SLACK, np.float32)
+            padded = n * (h + 2 * ph) * (w + 2 * pw) * c + SLACK
             return {"geo": mem.const("I", geo), "x": mem.values[self.ins[0]],
-                    "xp": mem.const("F", padded), "wf": self.w_range, "bias": self.b_range,
+                    "xp": mem.zeros("F", padded), "wf": self.w_range, "bias": self.b_range,
                     "y": mem.values[self.out], "res": res, "mode": self.mode}
         npos = n * h * w
         nblk = p.out_channels // BLOCK_OUT if block else 1

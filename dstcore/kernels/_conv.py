@@ -89,7 +89,16 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
                     vstore(of, orow + ow * K + k0, bvec)
                 else:
                     vstoren(of, orow + ow * K + k0, bvec, nk)
-            for r in range(R):
+        for r in range(R):
+            for row in range(r0, r1):
+                b = row // OH
+                oh = row - b * OH
+                n = b // G
+                g = b - n * G
+                orow = (n * OH + oh) * OW * K + g * Kg
+                k0 = kb * KB
+                nk = min(KB, Kg - k0)
+                bvec = vload_block(spec, bias, g * Kpad + k0)
                 h = oh * sh - ph + r * dh
                 if h < 0 or h >= H:
                     continue

@@ -92,6 +92,7 @@ class PruneConfig:
     scope: str = "global"  # global | layer
     structure: str = "element"  # element (single weights) | block (block_out x 1 input channel)
     block_out: int = 16  # output channels per block unit (structure block)
+    exclude: list[str] = field(default_factory=list)  # left dense: first (image layer), last
 
 
 @dataclass
@@ -112,6 +113,8 @@ class RunConfig:
                              ("data", "eval_batch_size"), ("data", "download"), ("train", "eval_every"),
                              ("train", "threads"), ("train", "device")):
             d[section].pop(key)
+        if not d["prune"]["exclude"]:
+            d["prune"].pop("exclude")  # the hash of runs from before the key existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -150,7 +153,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is str:
         ok = isinstance(value, str)
     elif get_origin(hint) is list:
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+        item = get_args(hint)[0]
+        ok = isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool)
                                              for v in value)
     elif get_origin(hint) is dict:
         ok = isinstance(value, dict) and all(isinstance(v, (int, float))
@@ -231,7 +235,7 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
     """Check names and ranges; raise :class:`DstError` naming the first bad key."""
     from dstcore.data import DATASETS
     from dstcore.models import MODELS
-    from dstcore.sparsity.pruning import SCOPES, STRUCTURES
+    from dstcore.sparsity.pruning import EXCLUDABLE, SCOPES, STRUCTURES
     from dstcore.sparsity.regularizers import METHODS
 
     d, m, t, r, p = cfg.data, cfg.model, cfg.train, cfg.reg, cfg.prune
@@ -283,6 +287,8 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
         _require(p.l1_epochs + p.finetune_epochs >= 1, "prune.finetune_epochs",
                  p.finetune_epochs, "at least one epoch in total with prune.l1_epochs")
     _require(p.scope in SCOPES, "prune.scope", p.scope, f"one of {', '.join(SCOPES)}")
+    _require(all(e in EXCLUDABLE for e in p.exclude) and len(set(p.exclude)) == len(p.exclude),
+             "prune.exclude", p.exclude, f"a list of distinct items from {', '.join(EXCLUDABLE)}")
     _require(p.structure in STRUCTURES, "prune.structure", p.structure,
              f"one of {', '.join(STRUCTURES)}")
     _require(1 <= p.block_out <= MAX_BLOCK_OUT, "prune.block_out", p.block_out,

@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,8 +120,9 @@ class EpochStats:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     device: torch.device, penalty: ActivationPenalty | None, lam: float,
-                    weight_l1_lam: float, desc: str) -> EpochStats:
-    """One pass over ``loader`` minimising CE + lam * penalty (+ weight_l1_lam * sum|w|)."""
+                    weight_l1_lam: float, desc: str, l1_exclude: Sequence[str] = ()) -> EpochStats:
+    """One pass over ``loader`` minimising CE + lam * penalty (+ weight_l1_lam * sum|w| over
+    the layers stage 2 prunes, see :func:`~dstcore.sparsity.pruning.prunable_layers`)."""
     model.train()
     s, correct, seen = EpochStats(), 0, 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
@@ -133,7 +135,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
             loss = loss + lam * reg
         wl1 = 0.0
         if weight_l1_lam > 0:
-            wl1 = weight_l1(model)
+            wl1 = weight_l1(model, l1_exclude)
             loss = loss + weight_l1_lam * wl1
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -338,7 +340,8 @@ def _epochs(s: Session, bar, final_eval: bool, t_start: float) -> dict | None:
     for epoch in bar:
         if s.stage == "prune" and epoch >= s.cfg.prune.l1_epochs and not has_masks(s.model):
             p = s.cfg.prune
-            prune_weights(s.model, p.rate, p.threshold, p.scope, p.structure, p.block_out)
+            prune_weights(s.model, p.rate, p.threshold, p.scope, p.structure, p.block_out,
+                          p.exclude)
             last_good = copy.deepcopy(s.model.state_dict())
         stats, lr, train_seconds = _train_epoch(s, epoch)
         if stats.diverged_step is not None:
@@ -379,7 +382,7 @@ def _train_epoch(s: Session, epoch: int) -> tuple[EpochStats, float, float]:
                                     s.cfg.reg.lam, 0.0, f"epoch {epoch + 1}")
     else:
         stats = train_one_epoch(s.model, loader, s.optimizer, s.device, None, 0.0,
-                                weight_l1_lam, f"epoch {epoch + 1}")
+                                weight_l1_lam, f"epoch {epoch + 1}", s.cfg.prune.exclude)
     return stats, lr, time.perf_counter() - t0
 
 

@@ -31,6 +31,11 @@ def check(data: dict, stage: str = "train"):
     ({"prune": {"block_out": 0}}, r"prune.block_out: 0 is not allowed; expected an integer in "
                                   r"\[1, 4096\]"),
     ({"prune": {"block_out": 16.0}}, r"prune.block_out: 16.0 is not allowed; expected an integer"),
+    ({"prune": {"exclude": ["middle"]}}, r"prune.exclude: \['middle'\] is not allowed; expected "
+                                         r"a list of distinct items from first, last"),
+    ({"prune": {"exclude": ["last", "last"]}}, r"prune.exclude: .* expected a list of distinct"),
+    ({"prune": {"exclude": "last"}}, r"prune.exclude: 'last' is not allowed; expected a list of "
+                                     r"a string"),
     ({"prune": {"structure": "block", "rate": None, "threshold": 0.1}},
      r"prune.threshold: 0.1 is not allowed; expected null when prune.structure is block"),
 ])
@@ -68,3 +73,11 @@ def test_semantic_hash_ignores_where_and_how_many_threads():
     assert a.semantic_hash() == b.semantic_hash()
     b.train.lr = 0.01
     assert a.semantic_hash() != b.semantic_hash()
+
+
+def test_semantic_hash_of_runs_from_before_prune_exclude_is_unchanged():
+    # the default config's hash before prune.exclude existed, so their checkpoints still resume
+    assert RunConfig().semantic_hash() == "4f50e7285a48b6ad"
+    cfg = from_dict(apply_overrides({}, ["prune.exclude=[first,last]"]))
+    assert cfg.prune.exclude == ["first", "last"]
+    assert cfg.semantic_hash() != "4f50e7285a48b6ad"

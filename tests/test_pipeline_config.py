@@ -91,6 +91,9 @@ CASES = [
                                           r"integer"),
     ("experiments.0.dual.block_out", 5000, r"dual.block_out: 5000 is not allowed; expected a "
                                            r"number <= 4096"),
+    ("experiments.0.dual.block_exclude", ["middle"], r"dual.block_exclude\[0\]: 'middle' is not "
+                                                     r"allowed; expected one of first, last"),
+    ("experiments.0.dual.block_scope", "model", r"dual.block_scope: 'model' is not allowed"),
 ]
 
 

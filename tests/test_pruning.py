@@ -9,7 +9,9 @@ from dstcore.sparsity.pruning import (
     block_masks,
     fix_masks_from_zeros,
     has_masks,
+    is_pruned,
     make_permanent,
+    prunable_layers,
     prune_weights,
     unit_scores,
     weight_l1,
@@ -176,3 +178,35 @@ def test_block_pruning_takes_a_rate_not_a_threshold():
         prune_weights(net(), threshold=0.1, structure="block")
     with pytest.raises(DstError, match="unknown pruning structure 'channel'"):
         prune_weights(net(), rate=0.5, structure="channel")
+
+
+def three_layers() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(8 * 2 * 2, 5))
+
+
+def test_excluded_layers_stay_dense_and_out_of_the_weight_l1():
+    model = three_layers()
+    first, middle, last = model[0], model[2], model[5]
+    assert prunable_layers(model, ["first", "last"]) == [middle]
+    assert prunable_layers(model, ["last"]) == [first, middle]
+    assert prunable_layers(model, ["first"]) == [middle, last]
+    assert weight_l1(model, ["first", "last"]).item() == pytest.approx(
+        middle.weight.abs().sum().item())
+    before = {id(m): m.weight.detach().clone() for m in (first, last)}
+    prune_weights(model, rate=0.5, scope="layer", structure="block", block_out=4,
+                  exclude=["first", "last"])
+    assert not is_pruned(first) and not is_pruned(last)
+    for m in (first, last):
+        assert torch.equal(m.weight, before[id(m)])
+    # middle: 2 blocks of 4 outputs x 4 input channels = 8 units, half of them zeroed whole
+    units = middle.weight.detach().reshape(2, 4, 4, 9).abs().sum(dim=(1, 3))
+    assert int((units == 0).sum()) == 4
+    assert int((middle.weight == 0).sum()) == middle.weight.numel() // 2
+
+
+def test_unknown_exclusion_is_an_error():
+    with pytest.raises(DstError, match="cannot exclude middle from pruning; choose from first, "
+                                       "last"):
+        prune_weights(three_layers(), rate=0.5, exclude=["middle"])

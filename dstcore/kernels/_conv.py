@@ -44,8 +44,9 @@ GEO_LEN = 24
 @njit(cache=True, fastmath=_FM)
 def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
     """Output rows [r0, r1) x output-channel blocks [kb0, kb1) of ``act_sparse``; a row is
-    (image, group, oh). Blocks are the outer loop, so one block's weights (R*Cg*S*KB floats)
-    are reused by every row while they are in cache.
+    (image, group, oh). Blocks are the outer loop, then the kernel row r, then the output
+    rows: one r-slice of a block's weights (Cg*S*KB floats) is reused by every row while it
+    is in cache.
 
     wf: weights [G][nkb][R][Cg][S][KB] (flat, zero padded to KB), bias [G][Kpad],
     of: output NHWC [N, OH, OW, K] (+ KB floats of slack). For each input position with

@@ -14,6 +14,7 @@ pattern a sparse kernel can skip (:func:`block_masks`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +25,26 @@ from dstcore.sparsity.activations import weighted_layers
 
 SCOPES = ("global", "layer")
 STRUCTURES = ("element", "block")
+EXCLUDABLE = ("first", "last")  # layers stage 2 may leave dense (prune.exclude)
 
 
-def weight_l1(model: nn.Module) -> Tensor:
-    """Sum of |w| over every Conv2d/Linear weight (biases excluded)."""
-    return sum(m.weight.abs().sum() for _, m in weighted_layers(model))
+def prunable_layers(model: nn.Module, exclude: Sequence[str] = ()) -> list[nn.Module]:
+    """The Conv2d/Linear layers stage 2 prunes: all of them in registration order, without
+    the first (``"first"`` in ``exclude``: the image layer of every model in
+    :mod:`dstcore.models`) and/or the last (``"last"``: the classifier)."""
+    unknown = set(exclude) - set(EXCLUDABLE)
+    if unknown:
+        raise DstError(f"cannot exclude {', '.join(sorted(unknown))} from pruning; choose from "
+                       f"{', '.join(EXCLUDABLE)}")
+    layers = [m for _, m in weighted_layers(model)]
+    lo = 1 if "first" in exclude else 0
+    hi = len(layers) - 1 if "last" in exclude else len(layers)
+    return layers[lo:max(lo, hi)]
+
+
+def weight_l1(model: nn.Module, exclude: Sequence[str] = ()) -> Tensor:
+    """Sum of |w| over the weights of :func:`prunable_layers` (biases excluded)."""
+    return sum(m.weight.abs().sum() for m in prunable_layers(model, exclude))
 
 
 def is_pruned(module: nn.Module) -> bool:
@@ -36,8 +52,10 @@ def is_pruned(module: nn.Module) -> bool:
 
 
 def prune_weights(model: nn.Module, rate: float | None = None, threshold: float | None = None,
-                  scope: str = "global", structure: str = "element", block_out: int = 16) -> None:
-    """Attach magnitude-pruning masks to every Conv2d/Linear weight.
+                  scope: str = "global", structure: str = "element", block_out: int = 16,
+                  exclude: Sequence[str] = ()) -> None:
+    """Attach magnitude-pruning masks to the weights of :func:`prunable_layers` (every
+    Conv2d/Linear but those ``exclude`` names; an excluded layer stays dense and unmasked).
 
     ``rate``: fraction of weights to zero (the smallest |w|), over all layers together
     (``scope="global"``) or in each layer (``scope="layer"``). ``threshold``: zero every
@@ -52,7 +70,7 @@ def prune_weights(model: nn.Module, rate: float | None = None, threshold: float 
     if structure not in STRUCTURES:
         raise DstError(f"unknown pruning structure '{structure}'; choose from "
                        f"{', '.join(STRUCTURES)}")
-    layers = [m for _, m in weighted_layers(model)]
+    layers = prunable_layers(model, exclude)
     if structure == "block":
         if threshold is not None:
             raise DstError("block pruning takes a rate, not a threshold")

@@ -206,9 +206,14 @@ def stage2_model(wildcards):
 # ---------------------------------------------------------------- CLI arguments
 
 
+def _set_value(v):
+    if isinstance(v, list):  # a YAML flow list, quoted for the shell
+        return shlex.quote(f"[{','.join(map(str, v))}]")
+    return repr(v) if isinstance(v, str) else v
+
+
 def _sets(section, values):
-    return " ".join(f"--set {section}.{k}={v!r}" if isinstance(v, str) else
-                    f"--set {section}.{k}={v}" for k, v in values.items())
+    return " ".join(f"--set {section}.{k}={_set_value(v)}" for k, v in values.items())
 
 
 def data_args(exp):
@@ -267,7 +272,10 @@ def prune_args(wildcards):
              "scope": dual["scope"]}
     structure, block_out = structure_of_prefix(wildcards.structure)
     if structure != "element":
-        prune.update(structure=structure, block_out=block_out)
+        prune.update(structure=structure, block_out=block_out,
+                     scope=dual.get("block_scope") or dual["scope"])
+        if dual.get("block_exclude"):
+            prune["exclude"] = dual["block_exclude"]
     labels = tags(experiment=wildcards.exp, kind="pruned", method="none",
                   prune_rate=wildcards.rate, **structure_tags(wildcards))
     return f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} {labels}"

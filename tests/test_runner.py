@@ -212,7 +212,9 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
     (C and K multiples of 16): ``rate`` of them per layer, except ``layers.1.conv1`` (all of
     them: its output is the bias alone) and ``layers.0.conv2`` (2 of its 16 units, below the
     runner's 25% threshold: not the block path, and with 16 input channels 'direct').
-    Returns the expected path per conv/linear."""
+    Returns the expected path per conv/linear: a pruned conv whose live input channels (any
+    non-zero weight) number at most DIRECT_MAX_CHANNELS runs 'direct' on just those channels,
+    a wider one 'block'."""
     expected = {}
     with torch.no_grad():
         for name, m in model.named_modules():
@@ -229,8 +231,10 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
             layer_rate = 1.0 if name == "layers.1.conv1" else rate
             (keep,) = block_masks([m.weight], layer_rate, scope="layer")
             m.weight.mul_(keep)
+            live = int(m.weight.ne(0).flatten(2).any(-1).any(0).sum())  # input channels
             # 1x1 convs (the projection shortcuts) are pruned too, but do not pay for blocks
-            expected[name] = "block" if m.weight.shape[3] >= BLOCK_MIN_WIDTH else "compress"
+            expected[name] = ("compress" if m.weight.shape[3] < BLOCK_MIN_WIDTH else
+                              "direct" if live <= DIRECT_MAX_CHANNELS else "block")
     return expected
 
 
@@ -248,7 +252,11 @@ def test_block_pruned_layers_take_block_path(block_pruned):
     shape, second = (1, 28, 28), (1, 19, 23)
     layers = compiled.layers(shape)
     assert [lay["path"] for lay in layers] == list(expected.values())
-    assert list(expected.values()).count("block") == 5  # 7 prunable convs, 2 of them 1x1
+    # 7 prunable convs, 2 of them 1x1; of the 5 others, 3 keep at most 16 live input channels
+    # (layers.1.conv2 of its 32; layers.1.conv1 none) and run direct on those
+    assert [name for name, path in expected.items() if path == "block"] == [
+        "layers.2.conv1", "layers.2.conv2"]
+    assert expected["layers.1.conv2"] == expected["layers.1.conv1"] == "direct"
     for lay, name in zip(layers, expected, strict=True):
         assert lay["layer"] == name
         w = model.get_submodule(name).weight

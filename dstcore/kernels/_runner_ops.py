@@ -99,6 +99,16 @@ def copy_channels(x, out, NP, C, Ctot, c0):
             out[oo + c] = x[xo + c]
 
 
+@njit(cache=True)
+def gather_channels(x, out, NP, C, idx, m):
+    """out[p, j] = x[p, idx[j]] for NP positions (NHWC, C channels in, m out)."""
+    for p in range(NP):
+        xo = p * C
+        oo = p * m
+        for j in range(m):
+            out[oo + j] = x[xo + idx[j]]
+
+
 # ----------------------------------------------------------------------------- elementwise
 
 

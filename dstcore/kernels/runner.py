@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +336,23 @@ class _Im2Col(_Op):
 
 
 @dataclass
+class _Gather(_Op):
+    """The input channels ``channels`` only (see :func:`_runner_ops.gather_channels`)."""
+
+    channels: tuple[int, ...] = ()
+
+    def calls(self) -> list[_Call]:
+        return [_Call("gather_channels", [("F", "x"), ("F", "y"), ("P", "np"), ("P", "c"),
+                                          ("I", "idx"), ("P", "m")])]
+
+    def fill(self, mem, shapes):
+        h, w, c = shapes[self.ins[0]]
+        return {"x": mem.values[self.ins[0]], "y": mem.values[self.out], "np": mem.n * h * w,
+                "c": c, "idx": mem.const("I", np.array(self.channels, np.int64)),
+                "m": len(self.channels)}
+
+
+@dataclass
 class _Eltwise(_Op):
     """'add' (+ ReLU), 'relu', 'affine' (+ ReLU) or 'concat' (channel offsets ``offsets``)."""
 
@@ -611,6 +628,25 @@ def _block_mask(w: Tensor) -> np.ndarray | None:
     return bits.sum(-1).numpy().astype(np.int64)
 
 
+def _alive_channels(w: Tensor) -> list[int] | None:
+    """The input channels with a non-zero weight, when that is fewer than all (at least one,
+    so a fully pruned layer still has an input); None when every channel is alive."""
+    alive = w.ne(0).flatten(2).any(-1).any(0).nonzero().flatten().tolist()
+    if len(alive) == w.shape[1]:
+        return None
+    return alive or [0]
+
+
+def _gather_alive(low: _Lowering, x: int, w: Tensor, params: ConvParams, alive: list[int]
+                  ) -> tuple[int, Tensor, ConvParams]:
+    """A conv whose other input channels have only zero weights, as the same conv on a copy
+    of just the channels ``alive`` (``dual_sparse``: pruned weights skipped, computed densely)."""
+    h, wd, _ = low.shapes[x]
+    y = low.new_value((h, wd, len(alive)))
+    low.ops.append(_Gather([x], y, channels=tuple(alive)))
+    return y, w[:, alive], replace(params, in_channels=len(alive))
+
+
 def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     w, params, x = _conv_weight(low, node, mod)
     last, mode, res = _fuse_epilogue(low, node)
@@ -619,9 +655,13 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     y = low.new_value((oh, ow, params.out_channels), flat=isinstance(mod, nn.Linear))
     use_blocks = low.kind == "dual_sparse" and params.kernel_size[1] >= BLOCK_MIN_WIDTH
     amask = _block_mask(w) if use_blocks else None
-    few_channels = (params.in_channels <= DIRECT_MAX_CHANNELS
-                    and params.kernel_size not in ((1, 1), (h, wd)))
-    if amask is None and few_channels:
+    direct_shape = params.kernel_size not in ((1, 1), (h, wd))
+    alive = _alive_channels(w) if low.kind == "dual_sparse" else None
+    weight_sparsity = float((w == 0).float().mean())
+    if direct_shape and alive is not None and len(alive) <= DIRECT_MAX_CHANNELS:
+        x, w, params = _gather_alive(low, x, w, params, alive)
+        op = _direct_conv(low, x, w, mod.bias, params)
+    elif amask is None and direct_shape and params.in_channels <= DIRECT_MAX_CHANNELS:
         op = _direct_conv(low, x, w, mod.bias, params)
     elif low.kind == "dense":
         op = _gemm_conv(low, x, w, mod.bias, params)
@@ -631,7 +671,7 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     op.ins += [res] if res is not None else []
     low.ops.append(op)
     low.layers.append({"layer": str(node.target), "path": op.path, "block": op.kb,
-                       "weight_sparsity": float((w == 0).float().mean())})
+                       "weight_sparsity": weight_sparsity})
     low.env[last] = y
     low.env[node] = y
 

@@ -20,6 +20,7 @@ drifts of the machine (frequency, other processes). Threads are set with
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import os
 import platform
@@ -434,8 +435,11 @@ RUNNER_NAMES = {"dense": "runner_dense", "act_sparse": "act_sparse",
 
 def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | None,
                  runner_kinds: Sequence[str], warmup: int = 3, repeats: int = 20,
-                 rounds: int = 4, *, torch_compile: bool = False) -> dict[str, dict[str, float]]:
-    """End-to-end latency of one model on batch ``x`` with ``nthr`` threads, every engine
+                 rounds: int = 4, *, torch_compile: bool = False,
+                 more: Sequence[Tensor] = ()) -> dict[str, dict[str, float]]:
+    """End-to-end latency of one model on batch ``x`` (each call takes the next of ``x``,
+    ``*more``, cyclically: every engine sees the same sequence of batches, so a sparse
+    engine's time is not that of one easy or hard input) with ``nthr`` threads, every engine
     timed interleaved in this process under ``torch.no_grad``: torch eager ('dense'), ONNX
     Runtime ('onnxruntime', when ``onnx_model`` is given; no spinning),
     :func:`dstcore.kernels.compile_model` of each of ``runner_kinds`` (named by
@@ -447,24 +451,30 @@ def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | Non
     from dstcore.kernels import compile_model
     from dstcore.kernels.onnxrt import OrtRunner
 
+    batches = [x, *more]
+
+    def cycling(run: Callable[[Tensor], Any]) -> Callable[[], Any]:
+        it = itertools.cycle(batches)
+        return lambda: run(next(it))
+
     with torch.no_grad():
         ref = model(x)
-        fns: dict[str, Callable[[], Any]] = {"dense": lambda: model(x)}
+        fns: dict[str, Callable[[], Any]] = {"dense": cycling(model)}
         errs = {"dense": 0.0}
         if onnx_model is not None:
             ort_run = OrtRunner(onnx_model, threads=nthr, spinning=False)
-            fns["onnxruntime"] = lambda: ort_run(x)
+            fns["onnxruntime"] = cycling(ort_run)
             errs["onnxruntime"] = _max_err(ort_run(x), ref)
         for kind in runner_kinds:
             compiled = compile_model(model, kind, threads=nthr)
             errs[RUNNER_NAMES[kind]] = _max_err(compiled(x), ref)
-            fns[RUNNER_NAMES[kind]] = lambda c=compiled: c(x)
+            fns[RUNNER_NAMES[kind]] = cycling(compiled)
         if torch_compile:
             got = compile_torch(model, x)
             if got is not None:
                 tc_model, tc_out = got
                 errs["torch_compile"] = _max_err(tc_out, ref)
-                fns["torch_compile"] = lambda: tc_model(x)
+                fns["torch_compile"] = cycling(tc_model)
         res = time_interleaved(fns, warmup, repeats, rounds, reference="dense")
     ort_ms = res["onnxruntime"]["median_ms"] if "onnxruntime" in res else np.nan
     for name, st in res.items():
@@ -532,6 +542,12 @@ def _layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
     return got
 
 
+def _more_batches(inputs: Tensor, b: int) -> list[Tensor]:
+    """The batches of ``b`` after the first that ``inputs`` holds in full (model timings
+    cycle through them all)."""
+    return [inputs[i * b:(i + 1) * b].contiguous() for i in range(1, inputs.shape[0] // b)]
+
+
 def _batch_of(inputs: Tensor, b: int) -> Tensor:
     if inputs.shape[0] >= b:
         return inputs[:b].contiguous()
@@ -559,7 +575,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     ``inputs``: a batch of real inputs [M, ...]; the first b are used for batch size b
     (repeated when M < b). For each batch size and thread count (None = all threads):
 
-    - scope='model': the engines of :func:`time_engines` (torch eager as kernel 'dense',
+    - scope='model': the engines of :func:`time_engines`, each call on the next of the
+      M // b batches of ``inputs`` in turn (torch eager as kernel 'dense',
       ONNX Runtime, the compiled runner's kinds, with ``torch_compile`` also
       ``torch.compile`` as kernel 'torch_compile', compiled per batch size and thread count);
       ``max_abs_err`` vs torch eager;
@@ -591,7 +608,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         for tc in thread_counts:
             with threads(tc) as nthr, torch.no_grad():
                 res = time_engines(model, x, nthr, onnx_model, runner_kinds, warmup,
-                                   repeats, rounds, torch_compile=torch_compile)
+                                   repeats, rounds, torch_compile=torch_compile,
+                                   more=_more_batches(inputs, b))
                 d_all = sum(v[0] for v in macs.values())
                 e_all = sum(v[1] for v in macs.values())
                 for k, st in res.items():

@@ -242,3 +242,21 @@ def test_cli_passes_torch_compile(monkeypatch, argv, target):
     calls.clear()
     assert main(["latency", *argv[:-1]]) == 0
     assert calls[0]["torch_compile"] is False
+
+
+def test_model_timings_cycle_through_the_batches():
+    """Every engine call takes the next batch (x, *more, x, ...), so a sparse engine is not
+    timed on one input only; _more_batches holds the full batches after the first."""
+    seen: list[float] = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(float(x[0, 0, 0, 0]))
+            return x.flatten(1)
+
+    x, x2, x3 = (torch.full((1, 1, 2, 2), float(v)) for v in (1, 2, 3))
+    L.time_engines(Recorder(), x, 1, None, (), warmup=1, repeats=4, rounds=1, more=[x2, x3])
+    assert seen == [1.0, 1.0, 2.0, 3.0, 1.0, 2.0]  # reference call, warm-up, 4 timed calls
+    inputs = torch.arange(5.0).reshape(5, 1)
+    assert [b.flatten().tolist() for b in L._more_batches(inputs, 2)] == [[2.0, 3.0]]
+    assert L._more_batches(inputs, 8) == []

@@ -166,9 +166,8 @@ def _family_cases():
 
 
 def _is_direct(m: nn.Module) -> bool:
-    """Convs over few input channels run dense and direct (not linears, not 1x1)."""
-    return (isinstance(m, nn.Conv2d) and m.in_channels <= DIRECT_MAX_CHANNELS
-            and m.kernel_size != (1, 1))
+    """Convs over few input channels run dense and direct (not linears; 1x1 convs too)."""
+    return isinstance(m, nn.Conv2d) and m.in_channels <= DIRECT_MAX_CHANNELS
 
 
 def expected_paths(model: nn.Module, kind: str) -> list[str]:
@@ -233,8 +232,8 @@ def _block_prune(model: nn.Module, rate: float) -> dict[str, str]:
             m.weight.mul_(keep)
             live = int(m.weight.ne(0).flatten(2).any(-1).any(0).sum())  # input channels
             # 1x1 convs (the projection shortcuts) are pruned too, but do not pay for blocks
-            expected[name] = ("compress" if m.weight.shape[3] < BLOCK_MIN_WIDTH else
-                              "direct" if live <= DIRECT_MAX_CHANNELS else "block")
+            expected[name] = ("direct" if live <= DIRECT_MAX_CHANNELS else
+                              "compress" if m.weight.shape[3] < BLOCK_MIN_WIDTH else "block")
     return expected
 
 
@@ -444,7 +443,8 @@ def test_pooling_propagates_nan_like_torch(pool, channels):
     (2, 20, dict(kernel_size=(3, 5), stride=(2, 1), padding=(0, 2), dilation=(1, 2))),
     (16, 16, dict(kernel_size=3, padding=1, bias=False)),      # the 16-channel stage
     (4, 8, dict(kernel_size=3, padding=4, dilation=3)),        # padding wider than the kernel
-], ids=["lenet5", "blocks", "dilated", "stage", "wide-pad"])
+    (16, 32, dict(kernel_size=1, stride=2, bias=False)),       # a projection shortcut
+], ids=["lenet5", "blocks", "dilated", "stage", "wide-pad", "shortcut"])
 @pytest.mark.parametrize("kind", RUNNER_KINDS)
 def test_direct_conv_geometries(cin, cout, conv, kind):
     """The dense direct conv (few input channels): strides, dilation, padding, channel tails,
@@ -468,7 +468,7 @@ def test_direct_conv_geometries(cin, cout, conv, kind):
             ref = model(x)
         assert_equal_to_torch(compiled(x), ref, f"{kind} {tuple(x.shape)}")
     x = torch.randn(1, cin, 13, 11)
-    x[0, :, 6, 5] = float("nan")
+    x[0, :, 6, 4] = float("nan")  # an even pixel: strided kernels read it too
     with torch.no_grad():
         ref = model(x)
     y = compiled(x)

@@ -655,7 +655,7 @@ def _lower_conv(low: _Lowering, node: torch.fx.Node, mod: nn.Module) -> None:
     y = low.new_value((oh, ow, params.out_channels), flat=isinstance(mod, nn.Linear))
     use_blocks = low.kind == "dual_sparse" and params.kernel_size[1] >= BLOCK_MIN_WIDTH
     amask = _block_mask(w) if use_blocks else None
-    direct_shape = params.kernel_size not in ((1, 1), (h, wd))
+    direct_shape = params.kernel_size != (h, wd)
     alive = _alive_channels(w) if low.kind == "dual_sparse" else None
     weight_sparsity = float((w == 0).float().mean())
     if direct_shape and alive is not None and len(alive) <= DIRECT_MAX_CHANNELS:

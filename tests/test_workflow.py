@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
+from dstcore.models import build_model
+from dstcore.sparsity.activations import weighted_layers
 from tests.conftest import job_counts, smoke_config, snakemake
 
 
@@ -62,7 +64,8 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
     assert kinds["lenet5_mnist"] == {"baseline", "control", "actreg", "pruned", "dual_control",
                                      "dual"}
     pruned = runs[runs.kind.isin(["pruned", "dual", "dual_control"])]
-    assert (pruned.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()
+    element = pruned[pruned.prune_structure == "element"]
+    assert (element.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()
     assert set(pruned.prune_structure) == {"element", "block16"}
     assert runs[~runs.kind.isin(["pruned", "dual", "dual_control"])].prune_structure.isna().all()
     block = pruned[pruned.prune_structure == "block16"]
@@ -76,6 +79,16 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
     layers = pd.read_csv(results / "tables/layers.csv")
     assert list(layers.columns) == LAYER_COLUMNS
     assert set(layers.run_dir) == set(runs.run_dir)
+    # block pruning leaves the image layer and the classifier dense (dual.block_exclude in the
+    # smoke config); the rate holds over the other layers, weighted by their sizes
+    lenet5 = build_model("lenet5", (1, 28, 28), 10)
+    sizes = {n: m.weight.numel() for n, m in weighted_layers(lenet5)}
+    for run_dir, lay in layers[layers.run_dir.isin(block.run_dir)].groupby("run_dir"):
+        ws = dict(zip(lay.layer, lay.weight_sparsity, strict=True))
+        assert ws["conv1"] == ws["fc3"] == 0.0, run_dir
+        inner = [n for n in sizes if n not in ("conv1", "fc3")]
+        zeroed = sum(ws[n] * sizes[n] for n in inner) / sum(sizes[n] for n in inner)
+        assert zeroed >= 0.5 - 1e-6, run_dir
     lenet = layers[layers.run_dir == "lenet5_mnist/baseline/seed0"]
     assert list(lenet.layer) == ["conv1", "conv2", "fc1", "fc2", "fc3"]
     assert math.isnan(lenet.activation_sparsity.iloc[0])  # the image is not an activation map

@@ -41,6 +41,17 @@ GEO_LEN = 24
 # ----------------------------------------------------------------------------- act / dual
 
 
+@njit(cache=True, inline="always")
+def _row_start(row, OH, G, OW, K, Kg):
+    """(plane b = image * G + group, output row oh, group g, offset of the row's first output
+    in the NHWC output) of output row ``row``."""
+    b = row // OH
+    oh = row - b * OH
+    n = b // G
+    g = b - n * G
+    return b, oh, g, (n * OH + oh) * OW * K + g * Kg
+
+
 @njit(cache=True, fastmath=_FM)
 def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
     """Output rows [r0, r1) x output-channel blocks [kb0, kb1) of ``act_sparse``; a row is
@@ -76,14 +87,10 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
     P = H * W
     buf = numba.carray(stack_buffer(spec), SK)
     for kb in range(kb0, kb1):
+        k0 = kb * KB
+        nk = min(KB, Kg - k0)
         for row in range(r0, r1):
-            b = row // OH
-            oh = row - b * OH
-            n = b // G
-            g = b - n * G
-            orow = (n * OH + oh) * OW * K + g * Kg
-            k0 = kb * KB
-            nk = min(KB, Kg - k0)
+            b, oh, g, orow = _row_start(row, OH, G, OW, K, Kg)
             bvec = vload_block(spec, bias, g * Kpad + k0)
             for ow in range(OW):
                 if nk == KB:
@@ -92,13 +99,7 @@ def _act_rows(spec, geo, ptr, q, val, wf, bias, of, r0, r1, kb0, kb1):
                     vstoren(of, orow + ow * K + k0, bvec, nk)
         for r in range(R):
             for row in range(r0, r1):
-                b = row // OH
-                oh = row - b * OH
-                n = b // G
-                g = b - n * G
-                orow = (n * OH + oh) * OW * K + g * Kg
-                k0 = kb * KB
-                nk = min(KB, Kg - k0)
+                b, oh, g, orow = _row_start(row, OH, G, OW, K, Kg)
                 bvec = vload_block(spec, bias, g * Kpad + k0)
                 h = oh * sh - ph + r * dh
                 if h < 0 or h >= H:

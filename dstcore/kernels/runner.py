@@ -1093,10 +1093,12 @@ def compile_model(model: nn.Module, kind: str, *, batch_size: int | None = None,
                   ) -> CompiledModel:
     """Compile ``model`` (eval mode, BatchNorm folded) into one native call per forward.
 
-    kind: 'dense' (every multiplication: each conv/linear one BLAS GEMM, after im2col where
-    the kernel is not 1x1), 'act_sparse' (skips zero input activations; the image layer,
-    whose input is not sparse, runs as a GEMM) or 'dual_sparse' (also skips block-pruned
-    weights: layers where whole (16 output channels x 1 input channel) units are zero).
+    kind: 'dense' (every multiplication: convs over at most 16 input channels as a direct
+    convolution, the other layers as one BLAS GEMM each, after im2col where the kernel is
+    not 1x1), 'act_sparse' (skips zero input activations; convs over at most 16 input
+    channels, the image layer among them, stay dense and direct) or 'dual_sparse' (also
+    skips pruned weights: input channels whose weights are all zero, and whole (16 output
+    channels x 1 input channel) units). See docs/kernels.md for the path of each layer.
     threads: Numba threads used by each call (1 = serial code, no thread pool). With
     ``batch_size`` and ``input_shape`` (C, H, W) the buffers are planned and the code
     compiled now, else on the first call of each input shape. Raises

@@ -26,8 +26,8 @@ import psutil
 import torch
 import yaml
 
-from dstcore.aggregate import TIMING_COLUMNS
-from dstcore.checkpoint import read_model
+from dstcore.analysis.aggregate import TIMING_COLUMNS
+from dstcore.models.checkpoint import read_model
 from tests.conftest import ROOT, smoke_config
 
 # What a kill aims at: the `dst` subcommand of the job to kill ("" = whichever job runs).

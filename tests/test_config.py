@@ -1,7 +1,7 @@
 import pytest
 
 from dstcore import DstError
-from dstcore.config import RunConfig, apply_overrides, from_dict, validate
+from dstcore.training.config import RunConfig, apply_overrides, from_dict, validate
 
 
 def check(data: dict, stage: str = "train"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dstcore import DstError
-from dstcore.data import load_dataset, make_loader, stratified_subset
+from dstcore.data.datasets import load_dataset, make_loader, stratified_subset
 from tests.fakes import fake_cifar, fake_imagenet, fake_mnist, write_idx
 
 MNIST_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -151,7 +151,7 @@ def test_imagenet_is_never_downloaded(tmp_path, no_data_env):
 
 
 def test_failed_download_is_a_clear_error(tmp_path, no_data_env, monkeypatch):
-    import dstcore.data as data
+    import dstcore.data.datasets as data
 
     def offline(spec, cache_dir):
         raise OSError("network is unreachable")

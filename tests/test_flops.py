@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dstcore.flops import MacCounter, dense_macs, effective_macs, flop_counter_macs
+from dstcore.measure.flops import MacCounter, dense_macs, effective_macs, flop_counter_macs
 from dstcore.models import MODELS, build_model
 
 
@@ -113,7 +113,7 @@ def test_mac_counter_averages_per_image_and_reduction():
 
 
 def test_evaluation_with_macs_counts_the_same_zeros_as_without():
-    from dstcore.metrics import evaluate
+    from dstcore.measure.metrics import evaluate
     from dstcore.sparsity.activations import activation_layers
 
     torch.manual_seed(4)

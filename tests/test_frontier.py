@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from dstcore.frontier import choose_dual_tl1, frontier_table, tl1_vs_best_other
-from dstcore.report import activation_table, paper_vs_reproduced
+from dstcore.analysis.frontier import choose_dual_tl1, frontier_table, tl1_vs_best_other
+from dstcore.report._report import activation_table, paper_vs_reproduced
 
 # (kind, method, lam, beta) -> per seed (top-1, activation sparsity), fractions
 RUNS = {
@@ -143,7 +143,7 @@ def with_dual_runs() -> pd.DataFrame:
 
 
 def test_latency_roles_keep_unstructured_and_block_dual_runs_apart():
-    from dstcore.aggregate import select_latency_runs
+    from dstcore.analysis.aggregate import select_latency_runs
 
     chosen = select_latency_runs(with_dual_runs(), "lenet5_mnist", 0, tolerance_pp=1.0)
     assert chosen["best_dual"] == "element/lam1/seed0"  # lam 2 loses 2 pp: beyond 1 pp
@@ -154,7 +154,7 @@ def test_latency_roles_keep_unstructured_and_block_dual_runs_apart():
 
 
 def test_prune_structure_column_from_tags():
-    from dstcore.aggregate import prune_structure
+    from dstcore.analysis.aggregate import prune_structure
 
     assert prune_structure({"kind": "baseline"}) == ""
     assert prune_structure({"kind": "dual", "prune_rate": "0.9"}) == "element"  # untagged: as before
@@ -163,7 +163,7 @@ def test_prune_structure_column_from_tags():
 
 
 def test_dual_structure_table_shows_block_next_to_element():
-    from dstcore.report import dual_structure_table
+    from dstcore.report._report import dual_structure_table
 
     table = dual_structure_table(with_dual_runs(), tolerance_pp=1.0)
     assert list(table.prune_structure) == ["element", "block16"]

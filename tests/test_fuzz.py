@@ -18,11 +18,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 
-import dstcore.train as train_module
+import dstcore.training.loop as train_module
 from dstcore import DstError
 from dstcore.cli import main
-from dstcore.config import RunConfig
-from dstcore.pipeline import regularizer_sweeps, validate_config
+from dstcore.training.config import RunConfig
+from dstcore.workflow.checks import regularizer_sweeps, validate_config
 from tests.conftest import ROOT
 
 EXAMPLES = int(os.environ.get("DST_FUZZ_EXAMPLES", "500"))
@@ -142,7 +142,7 @@ def parent(tmp_path_factory) -> Path:
 
 def test_malformed_run_command_lines_fail_in_one_line(parent, tmp_path):
     """Valid command lines start a run (training itself is stubbed: this is about input)."""
-    from dstcore.data import load_dataset
+    from dstcore.data.datasets import load_dataset
 
     digits = load_dataset("digits")
     counter = iter(range(10**9))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dstcore import latency as L
+from dstcore.measure import latency as L
 
 
 def test_time_callable_and_interleaved():
@@ -220,9 +220,9 @@ def test_failing_torch_compile_is_left_out_with_a_warning(monkeypatch, when):
 
 
 @pytest.mark.parametrize("argv, target", [
-    (["resnets", "--out", "OUT", "--torch-compile"], "dstcore.latency_models.run_model_sweep"),
+    (["resnets", "--out", "OUT", "--torch-compile"], "dstcore.measure.latency_models.run_model_sweep"),
     (["models", "--runs", "r.csv", "--results", "res", "--experiment", "e", "--out", "o.csv",
-      "--torch-compile"], "dstcore.latency.measure_experiment"),
+      "--torch-compile"], "dstcore.measure.latency.measure_experiment"),
 ])
 def test_cli_passes_torch_compile(monkeypatch, argv, target):
     from dstcore.cli import main

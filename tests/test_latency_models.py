@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dstcore.latency_models import input_sparsity, model_crossover, synthetic_model
+from dstcore.measure.latency_models import input_sparsity, model_crossover, synthetic_model
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
@@ -44,7 +44,7 @@ def test_model_crossover_interpolates_and_reports_never():
 def test_sweep_measures_the_batch_thread_grid_at_one_sparsity(tmp_path):
     """The sparsity sweep runs at the first batch size / thread count; the other batch sizes
     only at grid_sparsity. Every engine has a row, and the files are written."""
-    from dstcore.latency_models import run_model_sweep
+    from dstcore.measure.latency_models import run_model_sweep
 
     out = run_model_sweep(tmp_path, models=["resnet18"], sparsities=[0.5, 0.9],
                           weight_sparsities=[0.0], batch_sizes=[1, 2], thread_counts=[1],

@@ -2,8 +2,8 @@
 
 import json
 
-from dstcore.config import from_dict
-from dstcore.train import run
+from dstcore.training.config import from_dict
+from dstcore.training.loop import run
 
 
 def test_lenet5_learns_real_mnist(tmp_path, data_root):

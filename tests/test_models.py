@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from dstcore import DstError
-from dstcore.data import DATASETS
-from dstcore.flops import MacCounter, flop_counter_macs
+from dstcore.data.datasets import DATASETS
+from dstcore.measure.flops import MacCounter, flop_counter_macs
 from dstcore.models import MODELS, build_model
 from dstcore.sparsity.activations import activation_layers, execution_order, weighted_layers
 

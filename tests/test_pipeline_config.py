@@ -6,9 +6,9 @@ import pytest
 import yaml
 
 from dstcore import DstError
-from dstcore.data import DATASETS
+from dstcore.data.datasets import DATASETS
 from dstcore.models import MODELS
-from dstcore.pipeline import validate_config
+from dstcore.workflow.checks import validate_config
 from tests.conftest import ROOT
 
 SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
@@ -126,7 +126,7 @@ def test_auto_stage3_choice_needs_tl1_sweeps():
 
 
 def test_tl1_grids_expand_per_beta():
-    from dstcore.pipeline import regularizer_sweeps
+    from dstcore.workflow.checks import regularizer_sweeps
 
     exp = {"regularizers": {"l1": {"lams": [1.0]},
                             "tl1": {"sweeps": [{"beta": 0.1, "lams": [1.0, 2.0]},
@@ -139,7 +139,7 @@ def test_tl1_grids_expand_per_beta():
 
 
 def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
-    from dstcore.pipeline import regularizer_sweeps
+    from dstcore.workflow.checks import regularizer_sweeps
 
     config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()), SCHEMA)
     for exp in config["experiments"]:
@@ -171,7 +171,7 @@ def test_shipped_configs_are_valid_and_get_defaults(name):
 
 
 def test_pruning_structures_name_the_run_paths():
-    from dstcore.pipeline import prune_structures, structure_of_prefix, structure_prefix
+    from dstcore.workflow.checks import prune_structures, structure_of_prefix, structure_prefix
 
     config = validate_config(smoke(), SCHEMA)
     dual = config["experiments"][0]["dual"]

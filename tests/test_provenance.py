@@ -3,8 +3,8 @@
 import pandas as pd
 import torch
 
-from dstcore import provenance
-from dstcore.aggregate import provenance_columns
+from dstcore.analysis import provenance
+from dstcore.analysis.aggregate import provenance_columns
 
 
 def runs(**changes) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def test_how_made_names_commit_config_hash_seeds_and_machine(tmp_path):
 
 
 def test_runs_table_keeps_every_provenance_column():
-    from dstcore.aggregate import RUN_COLUMNS
+    from dstcore.analysis.aggregate import RUN_COLUMNS
 
     prov = provenance.provenance(torch.device("cpu"))
     assert set(provenance_columns(prov)) <= set(RUN_COLUMNS)

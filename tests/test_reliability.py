@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from dstcore.aggregate import TIMING_COLUMNS
-from dstcore.checkpoint import read_model
+from dstcore.analysis.aggregate import TIMING_COLUMNS
 from dstcore.cli import main
+from dstcore.models.checkpoint import read_model
 from tests.conftest import ROOT, smoke_config, snakemake
 from tests.fakes import write_idx
 
@@ -125,7 +125,7 @@ def test_prepare_runs_once_per_dataset():
 
 @pytest.mark.parametrize("writer", ["json", "csv"])
 def test_atomic_writes_leave_nothing_when_interrupted(tmp_path, writer):
-    from dstcore.io import write_json, write_with
+    from dstcore.core.io import write_json, write_with
 
     target = tmp_path / f"out.{writer}"
 
@@ -143,7 +143,7 @@ def test_atomic_writes_leave_nothing_when_interrupted(tmp_path, writer):
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
     """Results are shared: an atomically written file is readable by others (umask 022 -> 0644),
     not left with mkstemp's private 0600."""
-    from dstcore.io import write_text
+    from dstcore.core.io import write_text
 
     old = os.umask(0o022)
     try:

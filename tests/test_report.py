@@ -13,7 +13,7 @@ import yaml
 from bs4 import BeautifulSoup
 
 from dstcore import DstError
-from dstcore.render import render
+from dstcore.report.render import render
 from tests.conftest import ROOT
 
 
@@ -82,7 +82,7 @@ def test_activation_table_matches_recomputation(rendered):
 
 
 def polyline_frontier(points: pd.DataFrame, target: float) -> float:
-    """The frontier value by dense sampling of the polyline (independent of dstcore.stats)."""
+    """The frontier value by dense sampling of the polyline (independent of dstcore.analysis.stats)."""
     acc, spars = points.top1.to_numpy() * 100, points.activation_sparsity.to_numpy() * 100
     best = math.nan
     for i in range(len(acc) - 1):
@@ -302,7 +302,7 @@ def test_report_says_how_its_numbers_were_made(rendered, smoke):
 
 
 def test_latency_table_shows_torch_compile_beside_the_other_engines():
-    from dstcore import report
+    from dstcore.report import _report as report
 
     engines = ["dense", "onnxruntime", "runner_dense", "act_sparse", "torch_compile"]
     ms = {"dense": 2.0, "onnxruntime": 1.0, "runner_dense": 1.6, "act_sparse": 0.8,

@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from dstcore import DstError
-from dstcore.checkpoint import load_model
 from dstcore.cli import main
-from dstcore.config import from_dict
-from dstcore.data import load_dataset
-from dstcore.train import CHECKPOINT_FORMAT
+from dstcore.data.datasets import load_dataset
+from dstcore.models.checkpoint import load_model
+from dstcore.training.config import from_dict
+from dstcore.training.loop import CHECKPOINT_FORMAT
 from tests.fakes import fake_cifar
 
 DIGITS = ["--dataset", "digits", "--model", "lenet5", "--threads", "1", "--test-subset", "100",

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dstcore.stats import (
+from dstcore.analysis.stats import (
     Interval,
     claim_status,
     interpolate_at,

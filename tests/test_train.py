@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import dstcore.train as train_mod
+import dstcore.training.loop as train_mod
 from dstcore import DstError
-from dstcore.checkpoint import load_model, read_model
-from dstcore.config import from_dict
-from dstcore.data import load_dataset
-from dstcore.train import run
+from dstcore.data.datasets import load_dataset
+from dstcore.models.checkpoint import load_model, read_model
+from dstcore.training.config import from_dict
+from dstcore.training.loop import run
 
 
 @pytest.fixture(scope="module")

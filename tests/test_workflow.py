@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dstcore.aggregate import LAYER_COLUMNS, RUN_COLUMNS
+from dstcore.analysis.aggregate import LAYER_COLUMNS, RUN_COLUMNS
 from dstcore.models import build_model
 from dstcore.sparsity.activations import weighted_layers
 from tests.conftest import job_counts, smoke_config, snakemake

@@ -12,12 +12,15 @@ The training loss is CE + lam * sum_l w_l R(a_l) over the activation layers l.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from dstcore import DstError
+from dstcore.core.runs import NO_METHOD, RESERVED
 from dstcore.sparsity.activations import register_hooks
 
 Regularizer = Callable[[Tensor, float], Tensor]
@@ -44,8 +47,56 @@ def tl1(a: Tensor, beta: float) -> Tensor:
     return ((1.0 + beta) * mag / (beta + mag)).sum() / a.shape[0]
 
 
-REGULARIZERS: dict[str, Regularizer] = {"l1": l1, "hoyer": hoyer, "tl1": tl1}
-METHODS = ("none", *REGULARIZERS)  # "none": the lam = 0 fine-tuning control
+@dataclass(frozen=True)
+class Method:
+    """An activation regulariser as every stage sees it: its name (in configs, run directories
+    and tables), its formula ``R(a, beta)`` and how the report labels it. ``shape_parameter``
+    methods take β (one sweep per β; run directories ``{name}-beta{β}``)."""
+
+    name: str
+    formula: Regularizer
+    label: str
+    shape_parameter: bool = False
+
+
+REGISTRY: dict[str, Method] = {}
+PROPOSED = "tl1"  # the paper's method: the claims compare it with the best other method
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry: the grid, tables, frontier and report pick it up."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", method.name) or method.name in RESERVED:
+        raise DstError(f"method name {method.name!r}: lower-case letters, digits and _ "
+                       f"(starting with a letter), not one of {', '.join(sorted(RESERVED))}")
+    if method.name in REGISTRY and REGISTRY[method.name] != method:
+        raise DstError(f"method {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    """Remove a method added with :func:`register` (tests that add a toy method)."""
+    REGISTRY.pop(name, None)
+
+
+def regularizers() -> tuple[str, ...]:
+    """The registered activation regularisers' names, in registration order."""
+    return tuple(REGISTRY)
+
+
+def methods() -> tuple[str, ...]:
+    """Every valid ``reg.method``: ``none`` (the λ = 0 control) and the regularisers."""
+    return (NO_METHOD, *REGISTRY)
+
+
+def method_label(name: str) -> str:
+    """The report's label of a method (the name itself when it is not registered)."""
+    return REGISTRY[name].label if name in REGISTRY else name
+
+
+register(Method("l1", l1, "ℓ1"))
+register(Method("hoyer", hoyer, "Hoyer-square"))
+register(Method("tl1", tl1, "TL1", shape_parameter=True))
 
 
 class ActivationPenalty:
@@ -56,15 +107,15 @@ class ActivationPenalty:
 
     def __init__(self, layers: list[tuple[str, nn.Module]], method: str, beta: float = 1.0,
                  layer_weights: dict[str, float] | None = None) -> None:
-        if method not in REGULARIZERS:
+        if method not in REGISTRY:
             raise DstError(f"unknown regulariser '{method}'; choose from "
-                           f"{', '.join(REGULARIZERS)}")
+                           f"{', '.join(REGISTRY)}")
         names = {n for n, _ in layers}
         unknown = set(layer_weights or {}) - names
         if unknown:
             raise DstError(f"layer_weights names unknown layers {sorted(unknown)}; activation "
                            f"layers are {sorted(names)}")
-        self.layers, self.fn, self.beta = layers, REGULARIZERS[method], beta
+        self.layers, self.fn, self.beta = layers, REGISTRY[method].formula, beta
         self.weights = {n: float((layer_weights or {}).get(n, 1.0)) for n in names}
         self.total: Tensor | float = 0.0
         self._hooks = None

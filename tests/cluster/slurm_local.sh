@@ -403,8 +403,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from dstcore.aggregate import TIMING_COLUMNS
-from dstcore.checkpoint import read_model
+from dstcore.analysis.aggregate import TIMING_COLUMNS
+from dstcore.models.checkpoint import read_model
 
 slurm, local = map(Path, sys.argv[1:3])
 ignore = [*TIMING_COLUMNS, "git_commit", "git_dirty", "host"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from dstcore import DstError
-from dstcore.pipeline import (
+from dstcore.workflow.checks import (
     fmt,
     prune_structures,
     regularizer_sweeps,
@@ -81,7 +81,7 @@ def variants(exp):
 
 def dual_choice(name):
     """Stage 3's TL1 beta and lams for experiment ``name``: the output of the
-    choose_dual_tl1 checkpoint (the rule is in dstcore.frontier.choose_dual_tl1)."""
+    choose_dual_tl1 checkpoint (the rule is in dstcore.analysis.frontier.choose_dual_tl1)."""
     with open(checkpoints.choose_dual_tl1.get(exp=name).output[0]) as fh:
         return json.load(fh)
 
@@ -260,7 +260,7 @@ def actreg_args(wildcards):
 def structure_tags(wildcards):
     """The prune_structure tag of a block-structured dual run (block16). Element runs get none:
     their commands predate block pruning and must stay as they were, or they would rerun
-    (dstcore.aggregate reads a dual run without the tag as element)."""
+    (dstcore.analysis.aggregate reads a dual run without the tag as element)."""
     structure, block_out = structure_of_prefix(wildcards.structure)
     return {} if structure == "element" else {"prune_structure": f"block{block_out}"}
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from dstcore import DstError
-from dstcore.io import write_text
+from dstcore.core.io import write_text
 
 KERNEL = "dstcore"
 

@@ -1,6 +1,6 @@
 """End-to-end latency of whole models: the compiled runner against torch eager and ONNX Runtime.
 
-:func:`dstcore.latency.time_engines` times, interleaved in one process on the same inputs and
+:func:`dstcore.measure.latency.time_engines` times, interleaved in one process on the same inputs and
 thread count, torch eager, ONNX Runtime (dense, graph optimisations on, no spinning), the
 runner's ``dense`` kind (overhead removed, every multiplication done), its sparse kinds and,
 on request, ``torch.compile`` (inductor, default mode).
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dstcore.latency import (
+from dstcore.measure.latency import (
     _layer_inputs,
     _zero_fraction,
     environment_info,
@@ -143,7 +143,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     torch_compile: bool = False, grid_sparsity: float | None = 0.9,
                     log: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """End-to-end latency of torchvision ResNets with synthetic activation sparsity: every
-    engine of :func:`dstcore.latency.time_engines` on N(0, 1) inputs, per model, weight
+    engine of :func:`dstcore.measure.latency.time_engines` on N(0, 1) inputs, per model, weight
     sparsity, input sparsity, batch and thread count. With ``grid_sparsity`` the batch sizes
     and thread counts after the first of each are measured at that sparsity only (the
     sparsity sweep runs at the first batch size and thread count; None = every cell), which
@@ -153,7 +153,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
     ``models.csv`` (+ meta) and ``models_crossover.csv`` (:func:`model_crossover`) to
     ``out_dir``."""
     from dstcore.kernels.onnxrt import export_onnx
-    from dstcore.latency import RUNNER_NAMES, max_threads
+    from dstcore.measure.latency import RUNNER_NAMES, max_threads
 
     log = log or (lambda s: None)
     out_dir = Path(out_dir)

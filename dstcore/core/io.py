@@ -60,6 +60,11 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
+def write_csv(path: str | os.PathLike, table) -> None:
+    """Write a pandas table to ``path`` as CSV (no index) atomically; NaN is written empty."""
+    write_with(path, lambda tmp: table.to_csv(tmp, index=False))
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as fh:
         return json.load(fh)

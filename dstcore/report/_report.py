@@ -1,6 +1,6 @@
 """Report tables and figures, computed from the aggregated tables only (never from models).
 
-Inputs are ``runs.csv`` and ``layers.csv`` (see :mod:`dstcore.aggregate`). Accuracies and
+Inputs are ``runs.csv`` and ``layers.csv`` (see :mod:`dstcore.analysis.aggregate`). Accuracies and
 sparsities in the tables are percentages; gains are percentage points (pp). Runs whose
 status is not ``completed`` are never plotted or selected; they are listed as diverged.
 """
@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from dstcore.aggregate import best_within_tolerance, seed_summary, structure_family  # noqa: E402
-from dstcore.frontier import (  # noqa: E402
+from dstcore.analysis.aggregate import best_within_tolerance, seed_summary, structure_family  # noqa: E402
+from dstcore.analysis.frontier import (  # noqa: E402
     baseline_top1,
     best_sweep,
     completed,
@@ -31,8 +31,7 @@ from dstcore.frontier import (  # noqa: E402
     sweep_keys,
     tl1_vs_best_other,
 )
-from dstcore.io import write_with  # noqa: E402
-from dstcore.stats import (  # noqa: E402
+from dstcore.analysis.stats import (  # noqa: E402
     Interval,
     claim_status,
     ordering_status,
@@ -40,6 +39,7 @@ from dstcore.stats import (  # noqa: E402
     relative,
     t_interval,
 )
+from dstcore.core.io import write_with  # noqa: E402
 
 METHODS = ("l1", "hoyer", "tl1")
 METHOD_LABELS = {"baseline": "baseline (dense)", "control": "λ = 0 fine-tune", "l1": "ℓ1",
@@ -224,8 +224,8 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
 
     Gains are TL1's frontier sparsity at ``tolerance_pp`` below the baseline's mean top-1 (best
     β) minus the reference's sparsity, per seed: ``points`` in pp, ``relative`` as gain /
-    reference sparsity × 100. ``status`` follows :func:`dstcore.stats.claim_status`; the
-    ordering rows follow :func:`dstcore.stats.ordering_status`.
+    reference sparsity × 100. ``status`` follows :func:`dstcore.analysis.stats.claim_status`; the
+    ordering rows follow :func:`dstcore.analysis.stats.ordering_status`.
     """
     frontier = frontier_table(runs, (tolerance_pp,)) if frontier is None else frontier
     models = runs.groupby("experiment")[["model", "dataset"]].first()

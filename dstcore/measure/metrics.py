@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dstcore.flops import MacCounter
+from dstcore.measure.flops import MacCounter
 from dstcore.sparsity.activations import register_hooks
 
 
@@ -88,8 +88,8 @@ def full_metrics(model: nn.Module, bundle, device: torch.device, batch_size: int
     """
     import time
 
-    from dstcore.data import make_loader
-    from dstcore.flops import flop_counter_macs
+    from dstcore.data.datasets import make_loader
+    from dstcore.measure.flops import flop_counter_macs
     from dstcore.sparsity.activations import activation_layers
     from dstcore.sparsity.pruning import weight_sparsity
 

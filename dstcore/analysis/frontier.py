@@ -4,7 +4,7 @@ A method's sweep in one seed is the polyline through its completed fine-tunes in
 starting at the λ = 0 control (the same fine-tune without a penalty). Its frontier value at
 an accuracy drop d is the activation sparsity where that polyline meets top-1 = (mean
 baseline top-1 over seeds) − d, interpolated linearly and never extrapolated
-(:func:`dstcore.stats.interpolate_at`). Values are computed per seed and summarised with a
+(:func:`dstcore.analysis.stats.interpolate_at`). Values are computed per seed and summarised with a
 t interval over seeds; they are reported only when every seed's sweep brackets the drop.
 TL1 is one sweep per β. Accuracies and sparsities are percentages.
 """
@@ -15,9 +15,10 @@ import math
 
 import pandas as pd
 
-from dstcore.stats import Interval, interpolate_at, paired, t_interval
+from dstcore.analysis.stats import Interval, interpolate_at, paired, t_interval
+from dstcore.core.runs import RunKind
+from dstcore.sparsity.regularizers import PROPOSED, REGISTRY, regularizers
 
-METHODS = ("l1", "hoyer", "tl1")
 DROPS_PP = (0.0, 0.5, 1.0)
 FRONTIER_COLUMNS = ["experiment", "method", "beta", "accuracy_drop_pp", "target_top1",
                     "sparsity_mean", "sparsity_ci_low", "sparsity_ci_high", "seeds",
@@ -32,7 +33,7 @@ def completed(runs: pd.DataFrame, experiment: str) -> pd.DataFrame:
 
 def baseline_seeds(rows: pd.DataFrame) -> list[int]:
     """Seeds with a completed dense baseline, the seeds every comparison is over."""
-    return sorted(int(s) for s in rows[rows.kind == "baseline"].seed.unique())
+    return sorted(int(s) for s in rows[rows.kind == RunKind.BASELINE].seed.unique())
 
 
 def per_seed(rows: pd.DataFrame, column: str, **match) -> dict[int, float]:
@@ -46,9 +47,9 @@ def per_seed(rows: pd.DataFrame, column: str, **match) -> dict[int, float]:
 def sweep_keys(rows: pd.DataFrame) -> list[tuple[str, float]]:
     """(method, beta) of every regulariser sweep in ``rows`` (beta NaN except for TL1)."""
     keys = []
-    for method in METHODS:
-        cand = rows[(rows.kind == "actreg") & (rows.method == method)]
-        betas = sorted(cand.beta.dropna().unique()) if method == "tl1" else []
+    for method in regularizers():
+        cand = rows[(rows.kind == RunKind.ACTREG) & (rows.method == method)]
+        betas = sorted(cand.beta.dropna().unique()) if REGISTRY[method].shape_parameter else []
         keys += [(method, float(b)) for b in betas] or ([(method, math.nan)] if len(cand) else [])
     return keys
 
@@ -56,10 +57,10 @@ def sweep_keys(rows: pd.DataFrame) -> list[tuple[str, float]]:
 def sweep(rows: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
     """One seed's sweep: the λ = 0 control, then the method's runs in increasing λ."""
     seed_rows = rows[rows.seed == seed]
-    runs = seed_rows[(seed_rows.kind == "actreg") & (seed_rows.method == method)]
+    runs = seed_rows[(seed_rows.kind == RunKind.ACTREG) & (seed_rows.method == method)]
     if not _isnan(beta):
         runs = runs[runs.beta == beta]
-    control = seed_rows[seed_rows.kind == "control"]
+    control = seed_rows[seed_rows.kind == RunKind.CONTROL]
     return pd.concat([control, runs.sort_values("lam")])[["lam", "top1_pct", "sparsity_pct"]]
 
 
@@ -75,7 +76,7 @@ def frontier_values(rows: pd.DataFrame, method: str, beta: float, target: float
 
 def baseline_top1(rows: pd.DataFrame) -> float:
     """Mean top-1 (%) of the dense baselines over seeds."""
-    return float(rows[rows.kind == "baseline"].top1_pct.mean())
+    return float(rows[rows.kind == RunKind.BASELINE].top1_pct.mean())
 
 
 def summarise(values: dict[int, float]) -> tuple[Interval, bool]:
@@ -92,7 +93,7 @@ def frontier_table(runs: pd.DataFrame, drops: tuple[float, ...] = DROPS_PP) -> p
     rows_out = []
     for experiment in sorted(runs.experiment.unique()):
         rows = completed(runs, experiment)
-        if rows[rows.kind == "baseline"].empty:
+        if rows[rows.kind == RunKind.BASELINE].empty:
             continue
         reference = baseline_top1(rows)
         for drop in drops:
@@ -105,7 +106,7 @@ def frontier_table(runs: pd.DataFrame, drops: tuple[float, ...] = DROPS_PP) -> p
                               "sparsity_mean": ci.mean, "sparsity_ci_low": ci.low,
                               "sparsity_ci_high": ci.high, "seeds": ci.n,
                               "bracketed": bracketed, "best_beta": False})
-            tl1 = [r for r in block if r["method"] == "tl1" and r["bracketed"]]
+            tl1 = [r for r in block if r["method"] == PROPOSED and r["bracketed"]]
             if tl1:
                 max(tl1, key=lambda r: r["sparsity_mean"])["best_beta"] = True
             rows_out += block
@@ -126,14 +127,14 @@ def tl1_vs_best_other(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: st
     (by mean) at ``drop``; ``interval`` is None when a frontier is not bracketed."""
     rows = completed(runs, experiment)
     target = baseline_top1(rows) - drop
-    tl1 = best_sweep(frontier, experiment, drop, "tl1")
-    others = [r for m in METHODS if m != "tl1"
+    tl1 = best_sweep(frontier, experiment, drop, PROPOSED)
+    others = [r for m in regularizers() if m != PROPOSED
               if (r := best_sweep(frontier, experiment, drop, m)) is not None]
     out = {"tl1_beta": None if tl1 is None else tl1.beta, "other": None, "interval": None}
     if tl1 is None or not others:
         return out
     other = max(others, key=lambda r: r.sparsity_mean)
-    diff = paired(frontier_values(rows, "tl1", tl1.beta, target),
+    diff = paired(frontier_values(rows, PROPOSED, tl1.beta, target),
                   frontier_values(rows, other.method, other.beta, target))
     return {**out, "other": other.method, "interval": t_interval(diff.values())}
 
@@ -154,7 +155,7 @@ def choose_dual_tl1(runs: pd.DataFrame, experiment: str, tolerance_pp: float,
     within. Fixed values in the config are passed through.
     """
     rows = completed(runs, experiment)
-    tl1 = rows[(rows.kind == "actreg") & (rows.method == "tl1")]
+    tl1 = rows[(rows.kind == RunKind.ACTREG) & (rows.method == PROPOSED)]
     if beta == "auto" and tl1.empty:
         raise ValueError(f"{experiment}: dual.tl1_beta is auto but no TL1 run completed")
     target = baseline_top1(rows) - tolerance_pp
@@ -188,7 +189,7 @@ def _auto_beta(rows: pd.DataFrame, means: pd.DataFrame, target: float, tolerance
                ) -> tuple[float, str]:
     scores = {}
     for b in sorted(means.beta.unique()):
-        ci, bracketed = summarise(frontier_values(rows, "tl1", float(b), target))
+        ci, bracketed = summarise(frontier_values(rows, PROPOSED, float(b), target))
         if bracketed:
             scores[float(b)] = ci.mean
     if scores:

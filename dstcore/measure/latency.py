@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dstcore.flops import conv2d_macs, linear_macs
-from dstcore.io import write_with
+from dstcore.core.io import write_with
 from dstcore.kernels import CPU_KINDS, prepare
 from dstcore.kernels.cpu import MAX_ACC_LANES, Kernel
+from dstcore.measure.flops import conv2d_macs, linear_macs
 from dstcore.sparsity.activations import register_hooks, weighted_layers
 
 SPARSE_KINDS = tuple(k for k in CPU_KINDS if k != "dense")
@@ -171,7 +171,7 @@ def _zero_fraction(t: Tensor) -> float:
 
 
 def _macs(layer: nn.Module | Kernel, x: Tensor, weight: Tensor) -> tuple[int, int]:
-    """(dense, effective) multiplications for the whole batch x (see :mod:`dstcore.flops`)."""
+    """(dense, effective) multiplications for the whole batch x (see :mod:`dstcore.measure.flops`)."""
     if weight.dim() == 4:
         p = layer.params if isinstance(layer, Kernel) else layer
         return conv2d_macs(x, weight, p.stride, p.padding, p.dilation, p.groups)
@@ -698,7 +698,7 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
     """Time the baseline, best TL1 and best dual sparse model of one experiment and seed.
 
     Models are chosen from the aggregated runs table by
-    :func:`dstcore.aggregate.select_latency_runs`; inputs are the first ``max_images`` test
+    :func:`dstcore.analysis.aggregate.select_latency_runs`; inputs are the first ``max_images`` test
     images (so the activation sparsity is the model's own). Writes one tidy CSV with the
     columns of :func:`measure_model_latency` plus experiment, seed, role and run_dir, and a
     ``.meta.json`` sidecar with the machine, threads and library versions. ``torch_compile``
@@ -707,9 +707,9 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
     """
     import tempfile as _tempfile
 
-    from dstcore.aggregate import select_latency_runs
-    from dstcore.checkpoint import load_model
-    from dstcore.data import load_dataset, make_loader
+    from dstcore.analysis.aggregate import select_latency_runs
+    from dstcore.data.datasets import load_dataset, make_loader
+    from dstcore.models.checkpoint import load_model
 
     runs = pd.read_csv(runs_csv)
     chosen = select_latency_runs(runs, experiment, seed, tolerance_pp)

@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "model, batch and thread count")
 
     p = sub.add_parser("choose-tl1", help="stage 3's TL1 beta and lams from the TL1 sweeps "
-                                          "(dstcore.frontier.choose_dual_tl1)")
+                                          "(dstcore.analysis.frontier.choose_dual_tl1)")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json of the baselines, "
                                                          "controls and TL1 runs")
     p.add_argument("--experiment", required=True)
@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace, stage: str):
     """Merge parent checkpoint data/model, the YAML file, ``--set`` and shortcut flags."""
-    from dstcore.checkpoint import read_model
-    from dstcore.config import apply_overrides, from_dict, load_yaml
+    from dstcore.models.checkpoint import read_model
+    from dstcore.training.config import apply_overrides, from_dict, load_yaml
 
     data: dict = {}
     if stage != "train":
@@ -204,8 +204,8 @@ def parse_tags(items: list[str]) -> dict[str, str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from dstcore.data import describe, load_dataset
-    from dstcore.io import write_json
+    from dstcore.core.io import write_json
+    from dstcore.data.datasets import describe, load_dataset
 
     bundle = load_dataset(args.dataset, args.data_root, args.cache_dir,
                           download=not args.no_download)
@@ -218,7 +218,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, stage: str) -> int:
-    from dstcore.train import run
+    from dstcore.training.loop import run
 
     cfg = resolve_config(args, stage)
     summary = run(cfg, stage, args.out, init=getattr(args, "init", None), resume=args.resume,
@@ -229,12 +229,12 @@ def cmd_run(args: argparse.Namespace, stage: str) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from dstcore.checkpoint import load_model
-    from dstcore.data import load_dataset
-    from dstcore.io import read_json, write_json
-    from dstcore.metrics import full_metrics
-    from dstcore.provenance import provenance
-    from dstcore.train import configure_runtime, merge_metrics, resolve_device
+    from dstcore.core.environment import provenance
+    from dstcore.core.io import read_json, write_json
+    from dstcore.data.datasets import load_dataset
+    from dstcore.measure.metrics import full_metrics
+    from dstcore.models.checkpoint import load_model
+    from dstcore.training.loop import configure_runtime, merge_metrics, resolve_device
 
     path = args.run / "model.pt" if args.run else args.checkpoint
     out = args.out or ((args.run / "metrics.json") if args.run else None)
@@ -265,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from dstcore import latency
+    from dstcore.measure import latency
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -291,7 +291,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def _latency_resnets(args: argparse.Namespace, say: Callable[[str], None]) -> int:
-    from dstcore.latency_models import run_model_sweep
+    from dstcore.measure.latency_models import run_model_sweep
 
     if not set(args.models) <= {"resnet18", "resnet34", "resnet50"}:
         raise DstError(f"--models: torchvision ResNets only (resnet18, resnet34, resnet50), "
@@ -311,9 +311,9 @@ def _latency_resnets(args: argparse.Namespace, say: Callable[[str], None]) -> in
 
 
 def cmd_choose_tl1(args: argparse.Namespace) -> int:
-    from dstcore.aggregate import collect
-    from dstcore.frontier import choose_dual_tl1
-    from dstcore.io import write_json
+    from dstcore.analysis.aggregate import collect
+    from dstcore.analysis.frontier import choose_dual_tl1
+    from dstcore.core.io import write_json
 
     def number(text: str) -> float:
         try:
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "render":
             import yaml
 
-            from dstcore.render import render
+            from dstcore.report.render import render
 
             params = {name: yaml.safe_load(value) for name, value in args.parameter}
             render(args.notebook, args.out, args.html, params)
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "choose-tl1":
             return cmd_choose_tl1(args)
         if args.command == "aggregate":
-            from dstcore.aggregate import write_tables
+            from dstcore.analysis.aggregate import write_tables
 
             runs = write_tables(args.metrics, args.results, args.out_dir)
             print(f"{len(runs)} runs -> {args.out_dir}")

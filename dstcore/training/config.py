@@ -233,15 +233,15 @@ MAX_BLOCK_OUT = 4096  # output channels per block unit of block pruning
 
 def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
     """Check names and ranges; raise :class:`DstError` naming the first bad key."""
-    from dstcore.data import DATASETS
+    from dstcore.data.datasets import DATASETS
     from dstcore.models import MODELS
     from dstcore.sparsity.pruning import EXCLUDABLE, SCOPES, STRUCTURES
-    from dstcore.sparsity.regularizers import METHODS
+    from dstcore.sparsity.regularizers import methods
 
     d, m, t, r, p = cfg.data, cfg.model, cfg.train, cfg.reg, cfg.prune
     _require(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {', '.join(DATASETS)}")
     _require(m.name in MODELS, "model.name", m.name, f"one of {', '.join(MODELS)}")
-    _require(r.method in METHODS, "reg.method", r.method, f"one of {', '.join(METHODS)}")
+    _require(r.method in methods(), "reg.method", r.method, f"one of {', '.join(methods())}")
     for key, value in (("data.train_subset", d.train_subset), ("data.test_subset", d.test_subset)):
         _require(value is None or value > 0, key, value, "null or an integer > 0")
     for key, value in (("data.subset_seed", d.subset_seed), ("train.seed", t.seed)):

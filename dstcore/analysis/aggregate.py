@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from dstcore import DstError
-from dstcore.io import read_json, write_with
-from dstcore.provenance import PACKAGES
-from dstcore.stats import t_interval
+from dstcore.analysis.stats import t_interval
+from dstcore.core.environment import PACKAGES
+from dstcore.core.io import read_json, write_with
 
 RUN_COLUMNS = [
     "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate",

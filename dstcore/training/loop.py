@@ -32,13 +32,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dstcore import DstError, error_line
-from dstcore.checkpoint import read_model, safe_load, save_model
-from dstcore.config import RunConfig, validate
-from dstcore.data import DataBundle, load_dataset, make_loader
-from dstcore.io import write_json, write_text, write_with, write_yaml
-from dstcore.metrics import evaluate, full_metrics
+from dstcore.core.environment import provenance
+from dstcore.core.io import write_json, write_text, write_with, write_yaml
+from dstcore.data.datasets import DataBundle, load_dataset, make_loader
+from dstcore.measure.metrics import evaluate, full_metrics
 from dstcore.models import build_model
-from dstcore.provenance import provenance
+from dstcore.models.checkpoint import read_model, safe_load, save_model
 from dstcore.sparsity.activations import activation_layers
 from dstcore.sparsity.pruning import (
     fix_masks_from_zeros,
@@ -49,6 +48,7 @@ from dstcore.sparsity.pruning import (
     weight_l1,
 )
 from dstcore.sparsity.regularizers import ActivationPenalty
+from dstcore.training.config import RunConfig, validate
 
 STAGES = ("train", "finetune", "prune")
 CHECKPOINT_FORMAT = "dstcore-checkpoint-v2"  # what resume accepts (checkpoint.pt)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dstcore import DstError, error_line
-from dstcore.io import write_with
+from dstcore.core.io import write_with
 from dstcore.models import build_model
 
 FORMAT = "dstcore-model-v1"

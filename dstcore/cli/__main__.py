@@ -1,0 +1,7 @@
+"""``python -m dstcore.cli``: the ``dst`` command line (what the Snakemake rules run)."""
+
+import sys
+
+from dstcore.cli import main
+
+sys.exit(main())

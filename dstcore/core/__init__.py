@@ -1,0 +1,1 @@
+"""Stage 0, core: what every stage shares (atomic files, the environment, a run's identity)."""

@@ -1,0 +1,279 @@
+"""A run's identity: the one definition of what a run is and where it lives.
+
+A :class:`RunSpec` names a run by its experiment, :class:`RunKind`, method, λ, β, pruning rate and
+structure, and seed. From it come its directory under the results folder (:meth:`RunSpec.path`),
+the ``--tag`` labels its ``dst`` command writes into ``metrics.json`` (:meth:`RunSpec.tags`), the
+Snakemake rule that makes it (:attr:`RunKind.rule`) and its columns in ``runs.csv``; each of these
+reads back into the same spec (:meth:`RunSpec.from_path`, :meth:`RunSpec.from_tags`).
+
+Directories (numbers written by :func:`fmt`; ``{structure}`` is empty for element pruning and
+``block16-`` for block pruning with 16 output channels per unit)::
+
+    baseline      {experiment}/baseline/seed{seed}
+    control       {experiment}/none/lam0/seed{seed}
+    actreg        {experiment}/{method}[-beta{beta}]/lam{lam}/seed{seed}
+    pruned        {experiment}/dual/{structure}prune{rate}/stage2/seed{seed}
+    dual_control  {experiment}/dual/{structure}prune{rate}/lam0/seed{seed}
+    dual          {experiment}/dual/{structure}prune{rate}/{method}-beta{beta}/lam{lam}/seed{seed}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from enum import StrEnum
+
+from dstcore import DstError
+
+NO_METHOD = "none"  # the method of runs without an activation penalty
+ELEMENT = "element"  # unstructured weight pruning (single weights)
+BLOCK = "block"  # block pruning: units of block_out output channels x one input channel
+DUAL_DIR = "dual"  # the folder of an experiment's stage 2 and 3 runs
+RESERVED = frozenset({NO_METHOD, DUAL_DIR, "baseline", "latency", "data", "tables", "logs",
+                      "benchmarks", "report", "figures"})  # names a method may not take
+
+
+def fmt(value: float) -> str:
+    """Canonical text of a number in paths and tags (``1e-05``, ``0.001``, ``0.9``)."""
+    return f"{float(value):g}"
+
+
+def _canonical(value: float | None) -> float | None:
+    return None if value is None else float(fmt(value))
+
+
+class RunKind(StrEnum):
+    """The six kinds of run; the value is ``runs.csv``'s ``kind``."""
+
+    BASELINE = "baseline"  # stage 1: dense training from scratch
+    CONTROL = "control"  # the λ = 0 fine-tune every regulariser is compared with
+    ACTREG = "actreg"  # fine-tune with an activation penalty
+    PRUNED = "pruned"  # stage 2: weight l1, pruning, masked fine-tune
+    DUAL_CONTROL = "dual_control"  # stage 3's λ = 0 control, masks fixed
+    DUAL = "dual"  # stage 3: TL1 with the masks fixed
+
+    @property
+    def rule(self) -> str:
+        """The Snakemake rule that makes runs of this kind."""
+        return _RULES[self]
+
+    @property
+    def command(self) -> str:
+        """The ``dst`` sub-command of this kind (``train``, ``finetune`` or ``prune``)."""
+        return {RunKind.BASELINE: "train", RunKind.PRUNED: "prune"}.get(self, "finetune")
+
+    @property
+    def label(self) -> str:
+        """How the report names runs of this kind."""
+        return _LABELS[self]
+
+    @property
+    def pruned(self) -> bool:
+        """Whether runs of this kind have pruned weights (stage 2 and 3)."""
+        return self in (RunKind.PRUNED, RunKind.DUAL_CONTROL, RunKind.DUAL)
+
+    @property
+    def penalised(self) -> bool:
+        """Whether runs of this kind train with an activation penalty (λ > 0 allowed)."""
+        return self in (RunKind.ACTREG, RunKind.DUAL)
+
+
+_RULES = {RunKind.BASELINE: "train_baseline", RunKind.CONTROL: "finetune_actreg",
+          RunKind.ACTREG: "finetune_actreg", RunKind.PRUNED: "prune_weights",
+          RunKind.DUAL_CONTROL: "dual_control", RunKind.DUAL: "dual_tl1"}
+_LABELS = {RunKind.BASELINE: "baseline (dense)", RunKind.CONTROL: "λ = 0 fine-tune",
+           RunKind.ACTREG: "activation-regularised fine-tune", RunKind.PRUNED: "pruned (stage 2)",
+           RunKind.DUAL_CONTROL: "pruned, λ = 0 fine-tune",
+           RunKind.DUAL: "dual sparse (TL1 + pruning)"}
+LATENCY_RULE = "measure_latency"  # benchmarks under {experiment}/latency/
+
+
+def structure_label(structure: str, block_out: int | None = None) -> str:
+    """``runs.csv``'s prune_structure: ``element`` or ``block{block_out}`` (``block16``)."""
+    return ELEMENT if structure == ELEMENT else f"{BLOCK}{block_out}"
+
+
+def structure_parts(label: str) -> tuple[str, int | None]:
+    """(prune.structure, prune.block_out) of a label: ``element`` -> (element, None),
+    ``block16`` -> (block, 16)."""
+    if label == ELEMENT:
+        return ELEMENT, None
+    match = re.fullmatch(rf"{BLOCK}([0-9]+)", label or "")
+    if not match:
+        raise DstError(f"pruning structure {label!r} is not 'element' or 'block<N>'")
+    return BLOCK, int(match.group(1))
+
+
+def structure_family(labels):
+    """``element``, ``block`` (any block size) or ``""`` per label of a pandas column (or table
+    with a ``prune_structure`` column)."""
+    import pandas as pd
+
+    if isinstance(labels, pd.DataFrame):
+        if "prune_structure" not in labels:
+            return pd.Series("", index=labels.index)
+        labels = labels.prune_structure
+    return labels.fillna("").astype(str).str.rstrip("0123456789")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run is. Numbers are kept as :func:`fmt` writes them (six significant digits), so
+    that every representation reads back into an equal spec. Fields a kind does not have are
+    None (λ of a baseline, pruning of an unpruned run)."""
+
+    experiment: str
+    kind: RunKind
+    seed: int
+    method: str = NO_METHOD
+    lam: float | None = None
+    beta: float | None = None
+    prune_rate: float | None = None
+    prune_structure: str | None = None  # element | block<N>, for pruned kinds
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "kind", RunKind(self.kind))
+        set_(self, "seed", int(self.seed))
+        for name in ("lam", "beta", "prune_rate"):
+            set_(self, name, _canonical(getattr(self, name)))
+        kind = self.kind
+        if kind.pruned and self.prune_structure is None:
+            set_(self, "prune_structure", ELEMENT)
+        problem = self._problem()
+        if problem:
+            raise DstError(f"run {self.experiment}/{kind}: {problem}")
+
+    def _problem(self) -> str | None:
+        kind = self.kind
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.experiment or ""):
+            return f"experiment name {self.experiment!r} must match [A-Za-z0-9_.-]+"
+        if (self.method != NO_METHOD) != kind.penalised:
+            return f"method {self.method!r} does not fit the kind"
+        if kind.penalised and self.method in RESERVED:
+            return f"method name {self.method!r} is reserved"
+        if (self.lam is None) != (kind in (RunKind.BASELINE, RunKind.PRUNED)):
+            return f"λ {self.lam!r} does not fit the kind"
+        if self.lam is not None and (self.lam < 0 or (not kind.penalised and self.lam != 0)):
+            return f"λ {self.lam!r} must be >= 0 (0 for a control)"
+        if self.beta is not None and (not kind.penalised or self.beta <= 0):
+            return f"β {self.beta!r} needs a penalised kind and a value > 0"
+        if (self.prune_rate is None) == kind.pruned:
+            return f"pruning rate {self.prune_rate!r} does not fit the kind"
+        if not kind.pruned and self.prune_structure is not None:
+            return "an unpruned run has no pruning structure"
+        if kind.pruned:
+            structure_parts(self.prune_structure)
+        if self.seed < 0:
+            return f"seed {self.seed} must be >= 0"
+        return None
+
+    # ------------------------------------------------------------------ directories
+
+    @property
+    def variant(self) -> str:
+        """The folder of the method: ``none``, ``l1``, ``tl1-beta0.5``."""
+        return self.method if self.beta is None else f"{self.method}-beta{fmt(self.beta)}"
+
+    @property
+    def prune_dir(self) -> str:
+        """``dual/prune0.9`` or ``dual/block16-prune0.9``: a pruned run's stage 2 folder."""
+        prefix = "" if self.prune_structure == ELEMENT else f"{self.prune_structure}-"
+        return f"{DUAL_DIR}/{prefix}prune{fmt(self.prune_rate)}"
+
+    def path(self) -> str:
+        """The run directory relative to the results folder (see the module docstring)."""
+        kind, seed = self.kind, f"seed{self.seed}"
+        if kind is RunKind.BASELINE:
+            return f"{self.experiment}/baseline/{seed}"
+        if kind is RunKind.PRUNED:
+            return f"{self.experiment}/{self.prune_dir}/stage2/{seed}"
+        lam = f"lam{fmt(self.lam)}"
+        if kind is RunKind.DUAL_CONTROL:
+            return f"{self.experiment}/{self.prune_dir}/{lam}/{seed}"
+        if kind is RunKind.DUAL:
+            return f"{self.experiment}/{self.prune_dir}/{self.variant}/{lam}/{seed}"
+        return f"{self.experiment}/{self.variant}/{lam}/{seed}"
+
+    @classmethod
+    def from_path(cls, path: str) -> RunSpec:
+        """The spec of a run directory relative to the results folder (inverse of :meth:`path`)."""
+        match = _PATH.fullmatch(str(path).strip("/"))
+        if not match:
+            raise DstError(f"{path!r} is not a run directory (see dstcore.core.runs)")
+        g = {k.removesuffix("_"): v for k, v in match.groupdict().items() if v is not None}
+        number = {k: (float(g[k]) if k in g else None) for k in ("lam", "beta", "rate")}
+        method = g.get("method", NO_METHOD)
+        if "prune" not in g:
+            kind = (RunKind.BASELINE if "baseline" in g else
+                    RunKind.CONTROL if method == NO_METHOD else RunKind.ACTREG)
+            structure = None
+        else:
+            kind = (RunKind.PRUNED if "stage2" in g else
+                    RunKind.DUAL_CONTROL if method == NO_METHOD else RunKind.DUAL)
+            structure = g.get("structure", ELEMENT).removesuffix("-")
+        return cls(g["experiment"], kind, int(g["seed"]), method,
+                   number["lam"], number["beta"], number["rate"], structure)
+
+    # ------------------------------------------------------------------ tags
+
+    def tags(self) -> dict[str, str]:
+        """The ``--tag`` labels of the run's ``dst`` command, in the order the pipeline has always
+        written them. Element pruning carries no ``prune_structure`` tag (runs made before block
+        pruning existed have none)."""
+        out = {"experiment": self.experiment, "kind": str(self.kind)}
+        if self.kind is not RunKind.BASELINE:
+            out["method"] = self.method
+        if self.lam is not None:
+            out["lam"] = fmt(self.lam)
+        if self.beta is not None:
+            out["beta"] = fmt(self.beta)
+        if self.prune_rate is not None:
+            out["prune_rate"] = fmt(self.prune_rate)
+        if self.prune_structure not in (None, ELEMENT):
+            out["prune_structure"] = self.prune_structure
+        return out
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str], seed: int) -> RunSpec:
+        """The spec of a run from its recorded tags and seed (inverse of :meth:`tags`)."""
+        unknown = set(tags) - set(TAG_KEYS)
+        if unknown or "experiment" not in tags or "kind" not in tags:
+            raise DstError(f"tags {tags} do not name a run: they need experiment and kind, "
+                           f"and take only {', '.join(TAG_KEYS)}")
+        try:
+            kind = RunKind(tags["kind"])
+        except ValueError:
+            raise DstError(f"kind {tags['kind']!r} is not one of "
+                           f"{', '.join(map(str, RunKind))}") from None
+
+        def number(key: str) -> float | None:
+            return None if key not in tags else float(tags[key])
+
+        return cls(tags["experiment"], kind, seed, tags.get("method", NO_METHOD), number("lam"),
+                   number("beta"), number("prune_rate"), tags.get("prune_structure"))
+
+    # ------------------------------------------------------------------ runs.csv
+
+    def columns(self) -> dict:
+        """This run's identity columns of ``runs.csv`` (NaN / "" where the kind has none)."""
+        def number(value: float | None) -> float:
+            return math.nan if value is None else value
+
+        return {"experiment": self.experiment, "kind": str(self.kind), "method": self.method,
+                "lam": number(self.lam), "beta": number(self.beta),
+                "prune_rate": number(self.prune_rate),
+                "prune_structure": self.prune_structure or "", "seed": self.seed}
+
+
+IDENTITY_COLUMNS = [f.name for f in fields(RunSpec)]
+TAG_KEYS = ("experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure")
+_NUM = r"[0-9][0-9.e+-]*"
+_PATH = re.compile(
+    rf"(?P<experiment>[A-Za-z0-9_.-]+)/(?:"
+    rf"(?P<baseline>baseline)"
+    rf"|{DUAL_DIR}/(?P<prune>(?P<structure>{BLOCK}[0-9]+-)?prune(?P<rate>{_NUM}))/(?:"
+    rf"(?P<stage2>stage2)|(?:(?P<method>[a-z0-9_]+)-beta(?P<beta>{_NUM})/)?lam(?P<lam>{_NUM}))"
+    rf"|(?P<method_>[a-z0-9_]+)(?:-beta(?P<beta_>{_NUM}))?/lam(?P<lam_>{_NUM}))"
+    rf"/seed(?P<seed>[0-9]+)")

@@ -1,0 +1,1 @@
+"""Stage 5, measurement: accuracy, activation/weight sparsity, exact MACs and kernel latency."""

@@ -1,0 +1,1 @@
+"""Stage 8, report: figures, HTML tables and the rendered notebook."""

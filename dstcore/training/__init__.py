@@ -1,0 +1,1 @@
+"""Stage 6, training: run hyperparameters, the training loop and its stages."""

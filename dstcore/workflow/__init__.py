@@ -1,0 +1,1 @@
+"""Stage 9, workflow: the experiment grid and the config checks behind workflow/rules/common.smk."""

@@ -6,15 +6,16 @@ the ``--tag`` labels its ``dst`` command writes into ``metrics.json`` (:meth:`Ru
 Snakemake rule that makes it (:attr:`RunKind.rule`) and its columns in ``runs.csv``; each of these
 reads back into the same spec (:meth:`RunSpec.from_path`, :meth:`RunSpec.from_tags`).
 
-Directories (numbers written by :func:`fmt`; ``{structure}`` is empty for element pruning and
-``block16-`` for block pruning with 16 output channels per unit)::
+Directories (:data:`PATH_TEMPLATES`; numbers written by :func:`fmt`; ``{variant}`` is the method,
+``tl1-beta0.5`` for one with β; ``{structure}`` is empty for element pruning and ``block16-`` for
+block pruning with 16 output channels per unit)::
 
-    baseline      {experiment}/baseline/seed{seed}
-    control       {experiment}/none/lam0/seed{seed}
-    actreg        {experiment}/{method}[-beta{beta}]/lam{lam}/seed{seed}
-    pruned        {experiment}/dual/{structure}prune{rate}/stage2/seed{seed}
-    dual_control  {experiment}/dual/{structure}prune{rate}/lam0/seed{seed}
-    dual          {experiment}/dual/{structure}prune{rate}/{method}-beta{beta}/lam{lam}/seed{seed}
+    baseline      {exp}/baseline/seed{seed}
+    control       {exp}/none/lam0/seed{seed}
+    actreg        {exp}/{variant}/lam{lam}/seed{seed}
+    pruned        {exp}/dual/{structure}prune{rate}/stage2/seed{seed}
+    dual_control  {exp}/dual/{structure}prune{rate}/lam0/seed{seed}
+    dual          {exp}/dual/{structure}prune{rate}/tl1-beta{beta}/lam{lam}/seed{seed}
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ NO_METHOD = "none"  # the method of runs without an activation penalty
 ELEMENT = "element"  # unstructured weight pruning (single weights)
 BLOCK = "block"  # block pruning: units of block_out output channels x one input channel
 DUAL_DIR = "dual"  # the folder of an experiment's stage 2 and 3 runs
+DUAL_METHOD = "tl1"  # stage 3's activation penalty: the paper's method (Transformed l1)
 RESERVED = frozenset({NO_METHOD, DUAL_DIR, "baseline", "latency", "data", "tables", "logs",
                       "benchmarks", "report", "figures"})  # names a method may not take
 
@@ -151,6 +153,8 @@ class RunSpec:
             return f"experiment name {self.experiment!r} must match [A-Za-z0-9_.-]+"
         if (self.method != NO_METHOD) != kind.penalised:
             return f"method {self.method!r} does not fit the kind"
+        if kind is RunKind.DUAL and (self.method != DUAL_METHOD or self.beta is None):
+            return f"stage 3 runs {DUAL_METHOD} with a β, not {self.method!r} (β {self.beta!r})"
         if kind.penalised and self.method in RESERVED:
             return f"method name {self.method!r} is reserved"
         if (self.lam is None) != (kind in (RunKind.BASELINE, RunKind.PRUNED)):
@@ -176,25 +180,14 @@ class RunSpec:
         """The folder of the method: ``none``, ``l1``, ``tl1-beta0.5``."""
         return self.method if self.beta is None else f"{self.method}-beta{fmt(self.beta)}"
 
-    @property
-    def prune_dir(self) -> str:
-        """``dual/prune0.9`` or ``dual/block16-prune0.9``: a pruned run's stage 2 folder."""
-        prefix = "" if self.prune_structure == ELEMENT else f"{self.prune_structure}-"
-        return f"{DUAL_DIR}/{prefix}prune{fmt(self.prune_rate)}"
-
     def path(self) -> str:
-        """The run directory relative to the results folder (see the module docstring)."""
-        kind, seed = self.kind, f"seed{self.seed}"
-        if kind is RunKind.BASELINE:
-            return f"{self.experiment}/baseline/{seed}"
-        if kind is RunKind.PRUNED:
-            return f"{self.experiment}/{self.prune_dir}/stage2/{seed}"
-        lam = f"lam{fmt(self.lam)}"
-        if kind is RunKind.DUAL_CONTROL:
-            return f"{self.experiment}/{self.prune_dir}/{lam}/{seed}"
-        if kind is RunKind.DUAL:
-            return f"{self.experiment}/{self.prune_dir}/{self.variant}/{lam}/{seed}"
-        return f"{self.experiment}/{self.variant}/{lam}/{seed}"
+        """The run directory relative to the results folder (see :data:`PATH_TEMPLATES`)."""
+        structure = "" if self.prune_structure in (None, ELEMENT) else f"{self.prune_structure}-"
+        numbers = {k: "" if v is None else fmt(v)
+                   for k, v in (("lam", self.lam), ("beta", self.beta), ("rate", self.prune_rate))}
+        return PATH_TEMPLATES[self.kind].format(exp=self.experiment, seed=self.seed,
+                                                variant=self.variant, structure=structure,
+                                                **numbers)
 
     @classmethod
     def from_path(cls, path: str) -> RunSpec:
@@ -265,6 +258,26 @@ class RunSpec:
                 "lam": number(self.lam), "beta": number(self.beta),
                 "prune_rate": number(self.prune_rate),
                 "prune_structure": self.prune_structure or "", "seed": self.seed}
+
+
+# Run directories relative to the results folder, with the wildcard names of the Snakemake rules
+# ({structure} is "" or e.g. "block16-", numbers as fmt writes them).
+_STAGE2 = f"{{exp}}/{DUAL_DIR}/{{structure}}prune{{rate}}"
+PATH_TEMPLATES = {
+    RunKind.BASELINE: "{exp}/baseline/seed{seed}",
+    RunKind.CONTROL: "{exp}/{variant}/lam{lam}/seed{seed}",
+    RunKind.ACTREG: "{exp}/{variant}/lam{lam}/seed{seed}",
+    RunKind.PRUNED: f"{_STAGE2}/stage2/seed{{seed}}",
+    RunKind.DUAL_CONTROL: f"{_STAGE2}/lam0/seed{{seed}}",
+    RunKind.DUAL: f"{_STAGE2}/{DUAL_METHOD}-beta{{beta}}/lam{{lam}}/seed{{seed}}",
+}
+LATENCY_TEMPLATE = "latency/{exp}/seed{seed}"  # a latency table, beside the runs
+
+
+def rule_output(kind: RunKind, name: str, root: str = "", folder: str = "") -> str:
+    """A rule's file pattern for runs of ``kind``: ``{root}/{folder}/{run template}{name}``
+    where ``name`` is ``/model.pt`` (a file in the run directory) or ``.log`` (named after it)."""
+    return "/".join(filter(None, [root, folder, PATH_TEMPLATES[kind]])) + name
 
 
 IDENTITY_COLUMNS = [f.name for f in fields(RunSpec)]

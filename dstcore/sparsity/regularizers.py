@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from dstcore import DstError
-from dstcore.core.runs import NO_METHOD, RESERVED
+from dstcore.core.runs import DUAL_METHOD, NO_METHOD, RESERVED
 from dstcore.sparsity.activations import register_hooks
 
 Regularizer = Callable[[Tensor, float], Tensor]
@@ -60,7 +60,7 @@ class Method:
 
 
 REGISTRY: dict[str, Method] = {}
-PROPOSED = "tl1"  # the paper's method: the claims compare it with the best other method
+PROPOSED = DUAL_METHOD  # the paper's method (TL1): the claims compare it with the best other one
 
 
 def register(method: Method) -> Method:

@@ -9,14 +9,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from dstcore import DstError
-from dstcore.workflow.checks import (
-    fmt,
-    prune_structures,
-    regularizer_sweeps,
-    structure_of_prefix,
-    structure_prefix,
-    validate_config,
-)
+from dstcore.core.runs import PATH_TEMPLATES, RunKind, RunSpec, rule_output
+from dstcore.sparsity.regularizers import REGISTRY
+from dstcore.workflow.checks import validate_config
+from dstcore.workflow.grid import choice_specs, run_args, run_specs, stage3_specs
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -62,21 +58,23 @@ wildcard_constraints:
     rate=NUMBER,
     structure=r"(block[0-9]+-)?",  # the pruning structure before prune{rate}: none = element
     beta=NUMBER,
-    variant=rf"none|l1|hoyer|tl1-beta{NUMBER}",
+    variant="|".join(["none", *(f"{m.name}-beta{NUMBER}" if m.shape_parameter else m.name
+                                for m in REGISTRY.values())]),
     dataset=r"[a-z0-9-]+",
     run=rf"{re.escape(RESULTS)}/.+",
 
 
-# ---------------------------------------------------------------- the grid
+# ---------------------------------------------------------------- the grid (dstcore.workflow.grid)
 
 
-def variants(exp):
-    """(variant, method, lam, beta) for every activation-regulariser run incl. the lam=0 control."""
-    out = [("none", "none", 0.0, None)]
-    for method, beta, lams in regularizer_sweeps(exp):
-        name = f"tl1-beta{fmt(beta)}" if method == "tl1" else method
-        out += [(name, method, lam, beta) for lam in lams]
-    return out
+def run_dir(spec):
+    return f"{RESULTS}/{spec.path()}"
+
+
+def run_file(kind, name, folder=""):
+    """A rule's output pattern for runs of ``kind`` (dstcore.core.runs.PATH_TEMPLATES): ``name``
+    is a file in the run directory (``/model.pt``) or a suffix (``.log`` under ``folder``)."""
+    return rule_output(kind, name, RESULTS, folder)
 
 
 def dual_choice(name):
@@ -86,63 +84,22 @@ def dual_choice(name):
         return json.load(fh)
 
 
-def dual_prefixes(name):
-    """The stage 2 folders of experiment ``name``: one per prune rate and pruning structure,
-    ``dual/prune{rate}`` (element) or ``dual/block16-prune{rate}`` (block16)."""
-    dual = EXPERIMENTS[name].get("dual")
-    if not dual:
-        return []
-    return [f"{RESULTS}/{name}/dual/{structure_prefix(label)}prune{fmt(rate)}"
-            for rate in dual["prune_rates"] for label in prune_structures(dual)]
-
-
-def run_dirs(name):
-    """Every run directory of experiment ``name`` known before any run: all but stage 3's TL1
-    runs (:func:`stage3_dirs`)."""
-    exp = EXPERIMENTS[name]
-    root = f"{RESULTS}/{name}"
-    dirs = []
-    for seed in exp["seeds"]:
-        dirs.append(f"{root}/baseline/seed{seed}")
-        if "finetune" in exp:
-            dirs += [f"{root}/{v}/lam{fmt(lam)}/seed{seed}" for v, _, lam, _ in variants(exp)]
-        for prefix in dual_prefixes(name):
-            dirs += [f"{prefix}/stage2/seed{seed}", f"{prefix}/lam0/seed{seed}"]
-    return dirs
-
-
-def stage3_dirs(name):
-    """Stage 3's TL1 run directories of experiment ``name``, once its choice is made (the same
-    β and λ for every pruning structure)."""
-    exp = EXPERIMENTS[name]
-    if not exp.get("dual"):
-        return []
-    choice = dual_choice(name)
-    return [f"{prefix}/tl1-beta{fmt(choice['beta'])}/lam{fmt(lam)}/seed{seed}"
-            for seed in exp["seeds"] for prefix in dual_prefixes(name)
-            for lam in choice["lams"]]
-
-
 def known_metrics(wildcards):
-    return [f"{d}/metrics.json" for name in EXPERIMENTS for d in run_dirs(name)]
+    return [f"{run_dir(s)}/metrics.json" for exp in EXPERIMENTS.values() for s in run_specs(exp)]
 
 
 def stage3_metrics():
     """One input function per experiment: while a choice is pending, Snakemake waits for that
     checkpoint there without holding back other runs or other experiments' choices."""
-    return {f"stage3_{name}": lambda wildcards, name=name: [f"{d}/metrics.json"
-                                                             for d in stage3_dirs(name)]
+    return {f"stage3_{name}": lambda wildcards, name=name: [
+                f"{run_dir(s)}/metrics.json"
+                for s in stage3_specs(EXPERIMENTS[name], dual_choice(name))]
             for name in EXPERIMENTS if EXPERIMENTS[name].get("dual")}
 
 
 def tl1_choice_inputs(wildcards):
     """The runs stage 3's TL1 choice reads: baselines, controls and TL1 sweeps, every seed."""
-    exp = EXPERIMENTS[wildcards.exp]
-    root = f"{RESULTS}/{wildcards.exp}"
-    runs = [f"{root}/baseline/seed{seed}" for seed in exp["seeds"]]
-    runs += [f"{root}/{variant}/lam{fmt(lam)}/seed{seed}" for seed in exp["seeds"]
-             for variant, method, lam, _ in variants(exp) if method in ("none", "tl1")]
-    return [f"{run}/metrics.json" for run in runs]
+    return [f"{run_dir(s)}/metrics.json" for s in choice_specs(EXPERIMENTS[wildcards.exp])]
 
 
 def latency_targets():
@@ -195,104 +152,28 @@ def prepared_data(wildcards):
 
 
 def baseline_model(wildcards):
-    return f"{RESULTS}/{wildcards.exp}/baseline/seed{wildcards.seed}/model.pt"
+    return f"{run_dir(spec_of(RunKind.BASELINE, wildcards))}/model.pt"
 
 
 def stage2_model(wildcards):
-    return (f"{RESULTS}/{wildcards.exp}/dual/{wildcards.structure}prune{wildcards.rate}/stage2/"
-            f"seed{wildcards.seed}/model.pt")
+    return f"{run_dir(spec_of(RunKind.PRUNED, wildcards))}/model.pt"
 
 
 # ---------------------------------------------------------------- CLI arguments
 
 
-def _set_value(v):
-    if isinstance(v, list):  # a YAML flow list, quoted for the shell
-        return shlex.quote(f"[{','.join(map(str, v))}]")
-    return repr(v) if isinstance(v, str) else v
+def spec_of(kind, wildcards):
+    """The RunSpec of the run a rule for runs of ``kind`` writes, from its wildcards."""
+    return RunSpec.from_path(PATH_TEMPLATES[kind].format(**wildcards))
 
 
-def _sets(section, values):
-    return " ".join(f"--set {section}.{k}={_set_value(v)}" for k, v in values.items())
+def spec_args(kind):
+    """The dst arguments of the runs a rule writes (dstcore.workflow.grid.run_args)."""
+    def args(wildcards):
+        spec = spec_of(kind, wildcards)
+        return run_args(spec, EXPERIMENTS[spec.experiment], config)
 
-
-def data_args(exp):
-    """--set flags for the data section: dataset, location and subsets."""
-    data = {"dataset": exp["dataset"], "cache_dir": config["cache_dir"], "download": False,
-            **exp.get("data", {})}
-    if config["data_root"]:
-        data["data_root"] = config["data_root"]
-    return _sets("data", {k: ("null" if v is None else v) for k, v in data.items()})
-
-
-def common_args(wildcards, section):
-    exp = EXPERIMENTS[wildcards.exp]
-    train = {**exp.get(section, {}), "seed": int(wildcards.seed), "device": config["device"]}
-    return f"{data_args(exp)} --set model.name={exp['model']} {_sets('train', train)}"
-
-
-def tags(**values):
-    return " ".join(f"--tag {k}={v}" for k, v in values.items())
-
-
-def baseline_args(wildcards):
-    return f"{common_args(wildcards, 'baseline')} {tags(experiment=wildcards.exp, kind='baseline')}"
-
-
-def variant_parts(variant):
-    """(method, beta) of a variant directory name such as ``tl1-beta1``."""
-    if variant.startswith("tl1-beta"):
-        return "tl1", float(variant.removeprefix("tl1-beta"))
-    return variant, None
-
-
-def actreg_args(wildcards):
-    method, beta = variant_parts(wildcards.variant)
-    reg = {"method": method, "lam": float(wildcards.lam)}
-    if beta is not None:
-        reg["beta"] = beta
-    labels = tags(experiment=wildcards.exp, kind="control" if method == "none" else "actreg",
-                  method=method, lam=wildcards.lam,
-                  **({"beta": fmt(beta)} if beta is not None else {}))
-    return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
-
-
-def structure_tags(wildcards):
-    """The prune_structure tag of a block-structured dual run (block16). Element runs get none:
-    their commands predate block pruning and must stay as they were, or they would rerun
-    (dstcore.analysis.aggregate reads a dual run without the tag as element)."""
-    structure, block_out = structure_of_prefix(wildcards.structure)
-    return {} if structure == "element" else {"prune_structure": f"block{block_out}"}
-
-
-def prune_args(wildcards):
-    dual = EXPERIMENTS[wildcards.exp]["dual"]
-    prune = {"rate": float(wildcards.rate), "weight_l1": dual["weight_l1"],
-             "l1_epochs": dual["l1_epochs"], "finetune_epochs": dual["finetune_epochs"],
-             "scope": dual["scope"]}
-    structure, block_out = structure_of_prefix(wildcards.structure)
-    if structure != "element":
-        prune.update(structure=structure, block_out=block_out,
-                     scope=dual.get("block_scope") or dual["scope"])
-        if dual.get("block_exclude"):
-            prune["exclude"] = dual["block_exclude"]
-    labels = tags(experiment=wildcards.exp, kind="pruned", method="none",
-                  prune_rate=wildcards.rate, **structure_tags(wildcards))
-    return f"{common_args(wildcards, 'finetune')} {_sets('prune', prune)} {labels}"
-
-
-def dual_control_args(wildcards):
-    """Stage 3's lam = 0 control: the pruned model fine-tuned with the masks fixed, no penalty."""
-    labels = tags(experiment=wildcards.exp, kind="dual_control", method="none", lam=0,
-                  prune_rate=wildcards.rate, **structure_tags(wildcards))
-    return f"{common_args(wildcards, 'finetune')} --set reg.method='none' {labels}"
-
-
-def dual_args(wildcards):
-    reg = {"method": "tl1", "lam": float(wildcards.lam), "beta": float(wildcards.beta)}
-    labels = tags(experiment=wildcards.exp, kind="dual", method="tl1", lam=wildcards.lam,
-                  beta=wildcards.beta, prune_rate=wildcards.rate, **structure_tags(wildcards))
-    return f"{common_args(wildcards, 'finetune')} {_sets('reg', reg)} {labels}"
+    return args
 
 
 def dual_choice_params(wildcards):

@@ -13,15 +13,15 @@ rule prune_weights:
         data=prepared_data,
         parent=baseline_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}/metrics.json",
+        model=run_file(RunKind.PRUNED, "/model.pt"),
+        summary=run_file(RunKind.PRUNED, "/train.json"),
+        metrics=run_file(RunKind.PRUNED, "/metrics.json"),
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}.log",
+        run_file(RunKind.PRUNED, ".log", "logs"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/stage2/seed{{seed}}.tsv"
+        run_file(RunKind.PRUNED, ".tsv", "benchmarks")
     params:
-        args=prune_args,
+        args=spec_args(RunKind.PRUNED),
     threads: config["threads_per_job"]
     resources:
         mem_mb=resources_of("mem_mb", 4000),
@@ -62,15 +62,15 @@ rule dual_control:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}/metrics.json",
+        model=run_file(RunKind.DUAL_CONTROL, "/model.pt"),
+        summary=run_file(RunKind.DUAL_CONTROL, "/train.json"),
+        metrics=run_file(RunKind.DUAL_CONTROL, "/metrics.json"),
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}.log",
+        run_file(RunKind.DUAL_CONTROL, ".log", "logs"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/lam0/seed{{seed}}.tsv"
+        run_file(RunKind.DUAL_CONTROL, ".tsv", "benchmarks")
     params:
-        args=dual_control_args,
+        args=spec_args(RunKind.DUAL_CONTROL),
     threads: config["threads_per_job"]
     resources:
         mem_mb=resources_of("mem_mb", 4000),
@@ -89,15 +89,15 @@ rule dual_tl1:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}/metrics.json",
+        model=run_file(RunKind.DUAL, "/model.pt"),
+        summary=run_file(RunKind.DUAL, "/train.json"),
+        metrics=run_file(RunKind.DUAL, "/metrics.json"),
     log:
-        f"{RESULTS}/logs/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.log",
+        run_file(RunKind.DUAL, ".log", "logs"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/dual/{{structure}}prune{{rate}}/tl1-beta{{beta}}/lam{{lam}}/seed{{seed}}.tsv"
+        run_file(RunKind.DUAL, ".tsv", "benchmarks")
     params:
-        args=dual_args,
+        args=spec_args(RunKind.DUAL),
     threads: config["threads_per_job"]
     resources:
         mem_mb=resources_of("mem_mb", 4000),

@@ -10,15 +10,15 @@ rule train_baseline:
     input:
         data=prepared_data,
     output:
-        model=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/baseline/seed{{seed}}/metrics.json",
+        model=run_file(RunKind.BASELINE, "/model.pt"),
+        summary=run_file(RunKind.BASELINE, "/train.json"),
+        metrics=run_file(RunKind.BASELINE, "/metrics.json"),
     log:
-        f"{RESULTS}/logs/{{exp}}/baseline/seed{{seed}}.log",
+        run_file(RunKind.BASELINE, ".log", "logs"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/baseline/seed{{seed}}.tsv"
+        run_file(RunKind.BASELINE, ".tsv", "benchmarks")
     params:
-        args=baseline_args,
+        args=spec_args(RunKind.BASELINE),
     threads: config["threads_per_job"]
     resources:
         mem_mb=resources_of("mem_mb", 4000),
@@ -36,15 +36,15 @@ rule finetune_actreg:
         data=prepared_data,
         parent=baseline_model,
     output:
-        model=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/model.pt",
-        summary=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/train.json",
-        metrics=f"{RESULTS}/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}/metrics.json",
+        model=run_file(RunKind.ACTREG, "/model.pt"),
+        summary=run_file(RunKind.ACTREG, "/train.json"),
+        metrics=run_file(RunKind.ACTREG, "/metrics.json"),
     log:
-        f"{RESULTS}/logs/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}.log",
+        run_file(RunKind.ACTREG, ".log", "logs"),
     benchmark:
-        f"{RESULTS}/benchmarks/{{exp}}/{{variant}}/lam{{lam}}/seed{{seed}}.tsv"
+        run_file(RunKind.ACTREG, ".tsv", "benchmarks")
     params:
-        args=actreg_args,
+        args=spec_args(RunKind.ACTREG),
     threads: config["threads_per_job"]
     resources:
         mem_mb=resources_of("mem_mb", 4000),

@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+# The sub-packages in data-flow order: a module may import from its own stage and earlier ones,
+# never from a later one (tests/test_layers.py checks every import, also those inside functions).
+# Measurement comes before training because training evaluates its model with it.
+STAGES = ("core", "data", "models", "sparsity", "kernels", "measure", "training", "analysis",
+          "report", "workflow", "cli")
+
 
 class DstError(Exception):
     """A user-facing error: bad config, bad data, missing files. Printed as one line by the CLI:

@@ -57,9 +57,13 @@ def smoke_config(results, **changes) -> dict:
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory, data_root):
-    """Run the whole smoke DAG once; yield (results folder, config file)."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    results = tmp / "results"
+    """Run the whole smoke DAG once; yield (results folder, config file). With
+    $DST_SMOKE_RESULTS (a folder that does not exist yet) the run is made there and kept, so
+    that `.ci/run`'s SLURM test compares its results with this run instead of making another."""
+    keep = os.environ.get("DST_SMOKE_RESULTS")
+    tmp = Path(keep).parent if keep else tmp_path_factory.mktemp("smoke")
+    results = Path(keep) if keep else tmp / "results"
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "smoke.yaml"
     cfg.write_text(yaml.safe_dump(smoke_config(results)))
     proc = snakemake("all", "--cores", "2", "--configfile", str(cfg))

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from dstcore.cli import main
+from dstcore.core.records import RECORD_VERSION
 
 DIGITS = ["--dataset", "digits", "--model", "lenet5", "--threads", "1", "--test-subset", "100"]
 
@@ -46,7 +47,9 @@ def test_finetune_inherits_model_and_data_from_its_parent(base, tmp_path):
     assert main(["finetune", "--from", str(base / "model.pt"), "--out", str(out), "--method",
                  "tl1", "--lam", "0.001", "--lr", "0.01", "--epochs", "1", "--threads", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert (metrics["model"], metrics["dataset"], metrics["method"]) == ("lenet5", "digits", "tl1")
+    assert (metrics["model"], metrics["dataset"], metrics["config"]["reg"]["method"]) == (
+        "lenet5", "digits", "tl1")
+    assert metrics["format_version"] == RECORD_VERSION
     assert metrics["test_images"] == 100  # test_subset inherited from the parent
 
 

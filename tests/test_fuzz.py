@@ -22,7 +22,8 @@ import dstcore.training.loop as train_module
 from dstcore import DstError
 from dstcore.cli import main
 from dstcore.training.config import RunConfig
-from dstcore.workflow.checks import regularizer_sweeps, validate_config
+from dstcore.workflow.checks import validate_config
+from dstcore.workflow.grid import regularizer_sweeps
 from tests.conftest import ROOT
 
 EXAMPLES = int(os.environ.get("DST_FUZZ_EXAMPLES", "500"))

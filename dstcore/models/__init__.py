@@ -1,28 +1,34 @@
-"""Model registry: ``build_model(name, input_shape, num_classes)`` for every registered name."""
+"""Stage 2, models: the model-family registry, ``build_model(name, input_shape, num_classes)``.
+
+A family is one module of this package that registers its builders with :func:`register`;
+every module here (but ``checkpoint`` and private ``_*`` ones) is imported when the package is,
+so adding a family is adding one file (see docs/extending.md).
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from torch import nn
 
 from dstcore import DstError
-from dstcore.models.lenet import LeNet5
-from dstcore.models.small_resnet import small_resnet
-from dstcore.models.tv import googlenet, tv_densenet, tv_resnet
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
+MODELS: dict[str, Builder] = {}  # name -> builder(input_shape (C, H, W), num_classes)
+_NOT_FAMILIES = {"checkpoint"}
 
-MODELS: dict[str, Builder] = {
-    "lenet5": lambda shape, k: LeNet5(shape, k),
-    "resnet8": lambda shape, k: small_resnet(shape, k, blocks_per_stage=1),
-    "resnet20": lambda shape, k: small_resnet(shape, k, blocks_per_stage=3),
-    "resnet18": lambda shape, k: tv_resnet("resnet18", shape, k),
-    "resnet34": lambda shape, k: tv_resnet("resnet34", shape, k),
-    "resnet50": lambda shape, k: tv_resnet("resnet50", shape, k),
-    "googlenet": googlenet,
-    "densenet121": tv_densenet,
-}
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder(input_shape, num_classes) -> nn.Module`` as model ``name``."""
+    def add(builder: Builder) -> Builder:
+        if name in MODELS and MODELS[name] is not builder:
+            raise DstError(f"model {name!r} is already registered")
+        MODELS[name] = builder
+        return builder
+
+    return add
 
 
 def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
@@ -30,3 +36,8 @@ def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) 
     if name not in MODELS:
         raise DstError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
     return MODELS[name](tuple(input_shape), int(num_classes))
+
+
+for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _module.name.startswith("_") and _module.name not in _NOT_FAMILIES:
+        importlib.import_module(f"{__name__}.{_module.name}")

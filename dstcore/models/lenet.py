@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dstcore.models import register
+
 
 class LeNet5(nn.Module):
     """Classic LeNet-5 (conv 6@5x5 -> pool -> conv 16@5x5 -> pool -> fc 120 -> 84 -> classes).
@@ -33,3 +35,6 @@ class LeNet5(nn.Module):
         x = self.relu(self.fc1(x))
         x = self.relu(self.fc2(x))
         return self.fc3(x)
+
+
+register("lenet5")(LeNet5)

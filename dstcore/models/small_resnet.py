@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dstcore.models import register
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity or 1x1-conv projection shortcut."""
@@ -58,3 +60,7 @@ def small_resnet(input_shape: tuple[int, int, int], num_classes: int,
                  blocks_per_stage: int) -> SmallResNet:
     """ResNet-(6n+2) with n = ``blocks_per_stage`` (resnet8: n=1, resnet20: n=3)."""
     return SmallResNet(input_shape, num_classes, blocks_per_stage)
+
+
+register("resnet8")(lambda shape, k: small_resnet(shape, k, blocks_per_stage=1))
+register("resnet20")(lambda shape, k: small_resnet(shape, k, blocks_per_stage=3))

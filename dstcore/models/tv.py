@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from dstcore.models import register
+
 # torchvision is imported inside the builders: importing it costs about a second per process,
 # and most pipeline jobs (LeNet5, ResNet-8/20) never need it.
 
@@ -59,3 +61,9 @@ def tv_densenet(shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     elif shape[0] != 3:
         model.features.conv0 = nn.Conv2d(shape[0], 64, 7, 2, 3, bias=False)
     return model
+
+
+for _name in ("resnet18", "resnet34", "resnet50"):
+    register(_name)(lambda shape, k, _name=_name: tv_resnet(_name, shape, k))
+register("googlenet")(googlenet)
+register("densenet121")(tv_densenet)

@@ -12,6 +12,8 @@ The training loss is CE + lam * sum_l w_l R(a_l) over the activation layers l.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +99,24 @@ def method_label(name: str) -> str:
 register(Method("l1", l1, "ℓ1"))
 register(Method("hoyer", hoyer, "Hoyer-square"))
 register(Method("tl1", tl1, "TL1", shape_parameter=True))
+
+PLUGINS_ENV = "DST_PLUGINS"  # comma-separated modules that register more methods or models
+
+
+def load_plugins() -> list[str]:
+    """Import the modules named in $DST_PLUGINS (each calls :func:`register` or
+    :func:`dstcore.models.register`), so that every process of a run, the Snakemake jobs and
+    the report's kernel included, sees the same registry. Returns the modules imported."""
+    names = [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise DstError(f"${PLUGINS_ENV}: cannot import {name!r} ({err})") from None
+    return names
+
+
+load_plugins()
 
 
 class ActivationPenalty:

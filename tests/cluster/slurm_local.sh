@@ -20,6 +20,8 @@
 # Environment:
 #   DST_DATA_ROOT        offline MNIST/Fashion-MNIST (default: ../shared/data or data/, relative to the checkout)
 #   DST_SLURM_TIMEOUT    seconds allowed for each snakemake run (default 1800)
+#   DST_SLURM_COMPARE_WITH  results folder of a smoke run made locally from this checkout (what
+#                        .ci/run passes from make test): compared with instead of a new local run
 #   DST_SLURM_KEEP=1     keep the temp folder on success too (it is always kept on failure)
 #   DST_SLURM_SNAKEMAKE_ARGS  extra arguments for the SLURM run only (e.g. "--cores 8" to try a
 #                        profile change without editing profiles/slurm/config.yaml)
@@ -388,11 +390,19 @@ say "SLURM smoke run: $completed SLURM jobs, wall time $SLURM_WALL s"
 export PATH="$saved_path"
 
 # ------------------------------------------------------------------ the same DAG locally
-start=$(date +%s.%N)
-run_snakemake local "$WORK/log/snakemake-local.log" all --cores 2 \
-  --configfile config/smoke.yaml --config "results_dir=$LOCAL_RESULTS"
-LOCAL_WALL=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-say "local smoke run (--cores 2): wall time $LOCAL_WALL s"
+# .ci/run hands over the smoke run `make test` just made on this machine from this checkout
+# (DST_SLURM_COMPARE_WITH): the comparison is the same, without a second local run.
+if [ -n "${DST_SLURM_COMPARE_WITH:-}" ] && [ -f "$DST_SLURM_COMPARE_WITH/tables/runs.csv" ]; then
+  LOCAL_RESULTS="$DST_SLURM_COMPARE_WITH"
+  LOCAL_WALL="(not rerun)"
+  say "local smoke run: the one make test made, $LOCAL_RESULTS (DST_SLURM_COMPARE_WITH)"
+else
+  start=$(date +%s.%N)
+  run_snakemake local "$WORK/log/snakemake-local.log" all --cores 2 \
+    --configfile config/smoke.yaml --config "results_dir=$LOCAL_RESULTS"
+  LOCAL_WALL=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+  say "local smoke run (--cores 2): wall time $LOCAL_WALL s"
+fi
 
 # ------------------------------------------------------------------ compare
 "$PY" - "$SLURM_RESULTS" "$LOCAL_RESULTS" <<'EOF'

@@ -5,11 +5,12 @@ import torch
 
 from dstcore.analysis import provenance
 from dstcore.analysis.aggregate import provenance_columns
+from dstcore.core.environment import provenance as capture
 
 
 def runs(**changes) -> pd.DataFrame:
     """Three baseline/fine-tune rows made on this machine from one clean commit."""
-    prov = provenance.provenance(torch.device("cpu"), seed=0)
+    prov = capture(torch.device("cpu"), seed=0)
     row = {"experiment": "e", "kind": "baseline", "seed": 0, **provenance_columns(prov),
            "git_dirty": False}
     frame = pd.DataFrame([row, {**row, "seed": 1}, {**row, "kind": "actreg"}])
@@ -31,12 +32,14 @@ def test_rule_times_sums_wall_and_cpu_time_per_rule(tmp_path):
     bench("e/dual/prune0.9/lam0/seed0.tsv", 72, 72)
     bench("e/dual/prune0.9/tl1-beta1/lam0.01/seed0.tsv", 72, 36)
     bench("e/latency/seed0.tsv", 180, 360)
+    bench("e/stray/file.tsv", 1, 1)
     table = provenance.rule_times(tmp_path).set_index("rule")
     assert table.loc["train_baseline"].tolist() == [2, 1.5, 1.0]
     assert table.loc["finetune_actreg"].tolist() == [1, 0.1, 0.2]
     assert table.loc["prune_weights", "wall_hours"] == 0.01
     assert table.loc["dual_control", "jobs"] == 1 and table.loc["dual_tl1", "cpu_hours"] == 0.01
     assert table.loc["measure_latency", "cpu_hours"] == 0.1
+    assert table.loc["other", "jobs"] == 1  # not a run's or a latency table's benchmark
     assert provenance.rule_times(tmp_path / "none").empty
 
 
@@ -53,7 +56,7 @@ def test_how_made_names_commit_config_hash_seeds_and_machine(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("seeds: [0, 1]\n")
     text = provenance.how_made(runs(), [str(config)], "snakemake all --cores 2")
-    prov = provenance.provenance(torch.device("cpu"))
+    prov = capture(torch.device("cpu"))
     assert "sha256 043cf370b59f" in text  # printf 'seeds: [0, 1]\n' | sha256sum
     assert "**Seeds**: e: 0, 1" in text and "`snakemake all --cores 2`" in text
     assert f"vector extension {torch.backends.cpu.get_cpu_capability()}" in text
@@ -64,5 +67,5 @@ def test_how_made_names_commit_config_hash_seeds_and_machine(tmp_path):
 def test_runs_table_keeps_every_provenance_column():
     from dstcore.analysis.aggregate import RUN_COLUMNS
 
-    prov = provenance.provenance(torch.device("cpu"))
+    prov = capture(torch.device("cpu"))
     assert set(provenance_columns(prov)) <= set(RUN_COLUMNS)

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dstcore import DstError
 from dstcore.core.environment import PACKAGES
+from dstcore.core.runs import LATENCY_RULE, RunKind, RunSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# ------------------------------------------------------------------------------------------
-# Benchmark file (relative to results/benchmarks) -> the rule that wrote it, first match wins.
-BENCHMARK_RULES = (
-    (r"^[^/]+/baseline/", "train_baseline"),
-    (r"^[^/]+/dual/[^/]+/stage2/", "prune_weights"),
-    (r"^[^/]+/dual/[^/]+/lam0/", "dual_control"),
-    (r"^[^/]+/dual/[^/]+/tl1-", "dual_tl1"),
-    (r"^[^/]+/latency/", "measure_latency"),
-    (r"^[^/]+/[^/]+/lam", "finetune_actreg"),
-)
 # runs.csv columns whose values must agree for the tables to be comparable.
 MUST_AGREE = {"git_commit": "commits", "host": "machines", "cpu": "CPU models",
               "cpu_capability": "CPU capabilities", "device": "devices"}
+
+
+def rule_of_benchmark(relative: str) -> str:
+    """The rule that wrote a benchmark file, from its path relative to results/benchmarks
+    without ``.tsv``: a run's (its RunSpec's kind), a latency table's, or ``other``."""
+    try:
+        return RunSpec.from_path(relative).kind.rule
+    except DstError:
+        parts = relative.split("/")
+        return LATENCY_RULE if len(parts) == 3 and parts[1] == "latency" else "other"
 
 
 def rule_times(benchmarks_dir: str | Path) -> pd.DataFrame:
@@ -35,8 +36,7 @@ def rule_times(benchmarks_dir: str | Path) -> pd.DataFrame:
     rows = []
     folder = Path(benchmarks_dir)
     for path in sorted(folder.rglob("*.tsv")) if folder.is_dir() else []:
-        relative = path.relative_to(folder).as_posix()
-        rule = next((r for pattern, r in BENCHMARK_RULES if re.search(pattern, relative)), "other")
+        rule = rule_of_benchmark(path.relative_to(folder).with_suffix("").as_posix())
         table = pd.read_csv(path, sep="\t")
         rows.append({"rule": rule, "wall_hours": float(table["s"].iloc[0]) / 3600,
                      "cpu_hours": float(table.get("cpu_time", pd.Series([0.0])).iloc[0]) / 3600})
@@ -69,7 +69,7 @@ def how_made(runs: pd.DataFrame, config_files: list[str], command: str) -> str:
 
     configs = [f"`{f}` (sha256 {hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12]})"
                if Path(f).is_file() else f"`{f}` (not found)" for f in config_files]
-    seeds = runs[runs.kind == "baseline"].groupby("experiment").seed.unique()
+    seeds = runs[runs.kind == RunKind.BASELINE].groupby("experiment").seed.unique()
     dirty = _dirty(runs)
     lines = [
         f"- **Code**: git {values('git_commit')}"

@@ -271,7 +271,7 @@ PATH_TEMPLATES = {
     RunKind.DUAL_CONTROL: f"{_STAGE2}/lam0/seed{{seed}}",
     RunKind.DUAL: f"{_STAGE2}/{DUAL_METHOD}-beta{{beta}}/lam{{lam}}/seed{{seed}}",
 }
-LATENCY_TEMPLATE = "latency/{exp}/seed{seed}"  # a latency table, beside the runs
+
 
 
 def rule_output(kind: RunKind, name: str, root: str = "", folder: str = "") -> str:

@@ -5,8 +5,9 @@ import math
 import pandas as pd
 import pytest
 
+from dstcore.analysis.claims import paper_vs_reproduced
 from dstcore.analysis.frontier import choose_dual_tl1, frontier_table, tl1_vs_best_other
-from dstcore.report._report import activation_table, paper_vs_reproduced
+from dstcore.analysis.tables import activation_table
 
 # (kind, method, lam, beta) -> per seed (top-1, activation sparsity), fractions
 RUNS = {
@@ -153,17 +154,8 @@ def test_latency_roles_keep_unstructured_and_block_dual_runs_apart():
     assert "best_dual_block" not in select_latency_runs(runs, "lenet5_mnist", 0, 1.0)
 
 
-def test_prune_structure_column_from_tags():
-    from dstcore.analysis.aggregate import prune_structure
-
-    assert prune_structure({"kind": "baseline"}) == ""
-    assert prune_structure({"kind": "dual", "prune_rate": "0.9"}) == "element"  # untagged: as before
-    assert prune_structure({"kind": "dual", "prune_rate": "0.9",
-                            "prune_structure": "block16"}) == "block16"
-
-
 def test_dual_structure_table_shows_block_next_to_element():
-    from dstcore.report._report import dual_structure_table
+    from dstcore.analysis.tables import dual_structure_table
 
     table = dual_structure_table(with_dual_runs(), tolerance_pp=1.0)
     assert list(table.prune_structure) == ["element", "block16"]

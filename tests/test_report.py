@@ -302,7 +302,9 @@ def test_report_says_how_its_numbers_were_made(rendered, smoke):
 
 
 def test_latency_table_shows_torch_compile_beside_the_other_engines():
-    from dstcore.report import _report as report
+    from dstcore.analysis.tables import latency_table
+    from dstcore.report.figures import KERNEL_COLORS
+    from dstcore.report.html import html_table as to_html
 
     engines = ["dense", "onnxruntime", "runner_dense", "act_sparse", "torch_compile"]
     ms = {"dense": 2.0, "onnxruntime": 1.0, "runner_dense": 1.6, "act_sparse": 0.8,
@@ -315,9 +317,36 @@ def test_latency_table_shows_torch_compile_beside_the_other_engines():
                         for role in ("baseline", "best_dual") for k in engines])
     runs = pd.DataFrame({"run_dir": ["e/baseline", "e/best_dual"],
                          "activation_sparsity": [0.5, 0.8], "weight_sparsity": [0.0, 0.5]})
-    table = report.latency_table(lat, runs)
+    table = latency_table(lat, runs)
     tc = table[table.kernel == "torch_compile"]
     assert len(table) == 2 * len(engines) and list(tc.role) == ["baseline", "best_dual"]
     assert tc.speedup.tolist() == [1.6, 1.6] and tc.speedup_vs_ort.tolist() == [0.8, 0.8]
-    assert "torch_compile" in report.html_table(table, "latency", "End-to-end latency")
-    assert set(engines) <= set(report.KERNEL_COLORS)
+    assert "torch_compile" in to_html(table, "latency", "End-to-end latency")
+    assert set(engines) <= set(KERNEL_COLORS)
+
+
+def test_a_method_registered_later_gets_rows_a_label_and_its_own_colour():
+    import matplotlib.pyplot as plt
+
+    from dstcore.analysis.tables import activation_table
+    from dstcore.report import figures
+    from dstcore.sparsity.regularizers import Method, l1, register, regularizers, unregister
+    from tests.test_frontier import make_runs
+
+    runs = make_runs()
+    toy = runs[runs.method == "l1"].assign(method="toy", activation_sparsity=lambda r:
+                                           r.activation_sparsity + 0.01)
+    runs = pd.concat([runs, toy], ignore_index=True)
+    register(Method("toy", l1, "Toy ℓ1"))
+    try:
+        assert regularizers()[-1] == "toy"
+        table = activation_table(runs, tolerance_pp=1.0)
+        assert "toy" in set(table.method)
+        colours = [figures.method_color(m) for m in regularizers()]
+        assert len(set(colours)) == len(colours)  # toy does not reuse l1/hoyer/tl1's colour
+        assert colours[:3] == [figures._palette[i] for i in range(3)]
+        fig = figures.frontier_figure(runs, "lenet5_mnist", 1.0)
+        assert "Toy ℓ1" in fig.axes[0].get_legend_handles_labels()[1]
+        plt.close(fig)
+    finally:
+        unregister("toy")

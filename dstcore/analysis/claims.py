@@ -1,0 +1,212 @@
+"""The paper's quantitative claims (Yu & Tian 2024) against this reproduction.
+
+:func:`paper_vs_reproduced` gives one row per claim, reading and reference, whether or not this
+configuration ran the claim. The claims are about the paper's method, :data:`PROPOSED` (TL1):
+its frontier (best β) at the accuracy tolerance, against the dense baseline or the λ = 0
+control, and against the best other registered regulariser. Accuracies and sparsities are
+percentages; gains are percentage points (``points``) or percent of the reference
+(``relative``).
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+import pandas as pd
+
+from dstcore.analysis.aggregate import seed_summary
+from dstcore.analysis.frontier import (
+    baseline_top1,
+    best_sweep,
+    completed,
+    frontier_table,
+    frontier_values,
+    per_seed,
+    tl1_vs_best_other,
+)
+from dstcore.analysis.stats import Interval, claim_status, ordering_status, paired, relative, t_interval
+from dstcore.analysis.tables import best_dual
+from dstcore.core.runs import ELEMENT, RunKind, structure_family
+from dstcore.sparsity.regularizers import PROPOSED, method_label
+
+SPARSITY_CLAIMS = [  # (claim, model, dataset, paper value): TL1's activation-sparsity gain
+    ("Activation sparsity gain of TL1, LeNet5 / MNIST", "lenet5", "mnist", 44.04),
+    ("Activation sparsity gain of TL1, ResNet18 / ImageNet", "resnet18", "imagenet", 27.52),
+]
+MOST_CLAIM = ("More than 20% more activation sparsity on most models", 20.0)
+MAC_CLAIMS = [  # (claim, model, paper value): 1 - effective / dense multiplications, in %
+    ("Fewer multiplications with dual sparse training, ResNet18", "resnet18", 81.7),
+    ("Fewer multiplications with dual sparse training, ResNet50", "resnet50", 84.13),
+]
+READINGS = ("points", "relative")
+REFERENCES = (RunKind.BASELINE, RunKind.CONTROL)  # the runs a gain is taken against
+CLAIM_COLUMNS = ["claim", "paper_value", "reading", "reference", "reproduced_mean", "ci_low",
+                 "ci_high", "seeds", "status", "experiment", "computed_as"]
+
+
+def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
+                        frontier: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (claim, reading, reference), whether or not this config ran the claim.
+
+    Gains are TL1's frontier sparsity at ``tolerance_pp`` below the baseline's mean top-1 (best
+    β) minus the reference's sparsity, per seed: ``points`` in pp, ``relative`` as gain /
+    reference sparsity × 100. ``status`` follows :func:`dstcore.analysis.stats.claim_status`; the
+    ordering rows follow :func:`dstcore.analysis.stats.ordering_status`.
+    """
+    frontier = frontier_table(runs, (tolerance_pp,)) if frontier is None else frontier
+    models = runs.groupby("experiment")[["model", "dataset"]].first()
+    methods = {e: frontier[frontier.experiment == e].method for e in models.index}
+    proposed_exps = [e for e in models.index if (methods[e] == PROPOSED).any()]
+    rows = []
+    for claim, model, dataset, value in SPARSITY_CLAIMS:
+        exps = [e for e in proposed_exps if tuple(models.loc[e]) == (model, dataset)]
+        for reading, reference in product(READINGS, REFERENCES):
+            row = {"claim": claim, "paper_value": value, "reading": reading,
+                   "reference": str(reference), "status": "not run"}
+            if exps:
+                row.update(_gain_claim(runs, frontier, exps[0], tolerance_pp, reading,
+                                       reference, value))
+            rows.append(row)
+    rows += _most_claim(runs, frontier, proposed_exps, tolerance_pp)
+    rows += _mac_claims(runs, models, tolerance_pp)
+    compared = [e for e in proposed_exps if (methods[e] != PROPOSED).any()]
+    rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in compared]
+    return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+
+
+def tl1_gains(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str, drop: float,
+              reading: str, reference: str) -> tuple[dict[int, float], float] | None:
+    """({seed: gain of the proposed method (TL1)}, best β) at ``drop``, or None when its
+    frontier is not bracketed."""
+    best = best_sweep(frontier, experiment, drop, PROPOSED)
+    if best is None:
+        return None
+    rows = completed(runs, experiment)
+    values = frontier_values(rows, PROPOSED, best.beta, baseline_top1(rows) - drop)
+    ref = per_seed(rows, "sparsity_pct", kind=reference)
+    gain = paired(values, ref)
+    return (relative(gain, ref) if reading == "relative" else gain), best.beta
+
+
+def _reading_text(reading: str, reference: str) -> str:
+    what = ("the dense baseline's" if reference == RunKind.BASELINE
+            else "the λ = 0 fine-tune control's")
+    name = method_label(PROPOSED)
+    if reading == "points":
+        return f"{name} sparsity minus {what} sparsity, in percentage points"
+    return f"({name} sparsity minus {what}) / {what} sparsity × 100, in percent"
+
+
+def _gain_claim(runs, frontier, experiment, drop, reading, reference, value) -> dict:
+    found = tl1_gains(runs, frontier, experiment, drop, reading, reference)
+    name = method_label(PROPOSED)
+    where = f"{name} frontier (best β) at top-1 {drop:g} pp below the baseline's mean"
+    if found is None:
+        return {"experiment": experiment, "status": "not bracketed",
+                "computed_as": f"{where}: the {name} λ grid does not bracket that accuracy"}
+    gains, beta = found
+    ci = t_interval(gains.values())
+    return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
+            "ci_high": ci.high, "seeds": ci.n, "status": claim_status(value, ci),
+            "computed_as": f"{where} (β = {beta:g}); {_reading_text(reading, reference)}; "
+                           f"per seed, 95% t interval over seeds"}
+
+
+def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
+    claim, value = MOST_CLAIM
+    rows = []
+    for reading, reference in product(READINGS, REFERENCES):
+        row = {"claim": claim, "paper_value": value, "reading": reading,
+               "reference": str(reference), "status": "not run"}
+        parts, means, statuses, seeds = [], [], [], []
+        for exp in experiments:
+            found = tl1_gains(runs, frontier, exp, drop, reading, reference)
+            if found is None:
+                parts.append(f"{exp}: not bracketed")
+                statuses.append("not bracketed")
+                continue
+            ci = t_interval(found[0].values())
+            means.append(ci.mean)
+            seeds.append(ci.n)
+            statuses.append(claim_status(value, ci))
+            parts.append(f"{exp}: {ci.mean:.2f} [{ci.low:.2f}, {ci.high:.2f}] {statuses[-1]}")
+        if experiments:
+            n_ok = statuses.count("reproduced")
+            row.update(reproduced_mean=float(np.median(means)) if means else math.nan,
+                       seeds=min(seeds) if seeds else 0, experiment=", ".join(experiments),
+                       status="reproduced" if n_ok > len(experiments) / 2 else "not reproduced",
+                       computed_as=f"median over experiments of the mean {method_label(PROPOSED)} "
+                                   f"gain (frontier at {drop:g} pp, "
+                                   f"{_reading_text(reading, reference)}); "
+                                   f"reproduced when more than half the experiments reproduce "
+                                   f"{value:g} ({n_ok} of {len(experiments)}): "
+                                   + "; ".join(parts))
+        rows.append(row)
+    return rows
+
+
+def _mac_claims(runs: pd.DataFrame, models: pd.DataFrame, drop: float) -> list[dict]:
+    """The paper's dual sparse claims, and analogue rows for the dual experiments run here (the
+    paper's method: unstructured weight pruning, so only ``element`` runs count)."""
+    element = (runs.kind == RunKind.DUAL) & (structure_family(runs) == ELEMENT)
+    dual_exps = [e for e in models.index if (element & (runs.experiment == e)).any()]
+    rows = []
+    common = {"reading": "relative", "reference": RunKind.BASELINE.value}
+    for claim, model, value in MAC_CLAIMS:
+        row = {"claim": claim, "paper_value": value, **common, "status": "not run"}
+        exps = [e for e in dual_exps if models.loc[e, "model"] == model]
+        if exps:
+            row.update(_mac_claim(runs, exps[0], drop, value))
+        rows.append(row)
+    claim, _, value = MAC_CLAIMS[0]
+    for exp in dual_exps:
+        if models.loc[exp, "model"] in [m for _, m, _ in MAC_CLAIMS]:
+            continue
+        name = f"{models.loc[exp, 'model']} / {models.loc[exp, 'dataset']}"
+        rows.append({"claim": f"Fewer multiplications with dual sparse training, {name} "
+                              f"(analogue of the paper's ResNet18 / ResNet50 claims, compared "
+                              f"with ResNet18's {value:g}%)",
+                     "paper_value": value, **common, **_mac_claim(runs, exp, drop, value)})
+    return rows
+
+
+def _mac_claim(runs: pd.DataFrame, experiment: str, drop: float, value: float) -> dict:
+    """The unstructured dual sparse configuration with the largest mean reduction of
+    multiplications whose mean top-1 is within ``drop`` of the baseline's (:func:`best_dual`),
+    with its interval over seeds."""
+    s = seed_summary(runs[runs.experiment == experiment])
+    base = s[s.kind == RunKind.BASELINE].top1_mean.iloc[0]
+    best, within = best_dual(s[(s.kind == RunKind.DUAL) & (structure_family(s) == ELEMENT)],
+                             base, drop)
+    note = "" if within else f"; no dual run within {drop:g} pp: largest reduction shown"
+    ci = Interval(best.mac_reduction_pct, best.mac_reduction_ci_low, best.mac_reduction_ci_high,
+                  int(best.seeds))
+    return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
+            "ci_high": ci.high, "seeds": ci.n,
+            "status": claim_status(value, ci) if within else "not reproduced",
+            "computed_as": f"1 − effective / dense multiplications per image of the dual sparse "
+                           f"model with unstructured pruning (prune rate {best.prune_rate:g}, "
+                           f"{method_label(PROPOSED)} λ = {best.lam:g}, β = "
+                           f"{best.beta:g}) with the largest mean reduction whose mean top-1 is "
+                           f"within {drop:g} pp of the baseline's{note}"}
+
+
+def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
+                    drop: float) -> dict:
+    found = tl1_vs_best_other(runs, frontier, experiment, drop)
+    name = method_label(PROPOSED)
+    row = {"claim": f"{name} gives the sparsest activations at matched accuracy ({drop:g} pp "
+                    f"below the baseline)", "paper_value": math.nan, "reading": "points",
+           "reference": "best other method", "experiment": experiment}
+    if found["interval"] is None:
+        return {**row, "status": "undecided",
+                "computed_as": "a frontier is not bracketed at that accuracy: no comparison"}
+    ci = found["interval"]
+    return {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+            "seeds": ci.n, "status": ordering_status(ci),
+            "computed_as": f"{name} (β = {found['tl1_beta']:g}, the best β by mean) minus "
+                           f"{method_label(found['other'])} (the best other method by mean) "
+                           f"frontier sparsity, paired by seed; holds when the 95% t interval "
+                           f"lies above 0, does not hold below 0, undecided when it spans 0"}

@@ -13,7 +13,8 @@ DIGITS = ["--dataset", "digits", "--model", "lenet5", "--threads", "1", "--test-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "base"
-    assert main(["train", "--out", str(out), *DIGITS, "--epochs", "2", "--batch-size", "32"]) == 0
+    assert main(["train", "--out", str(out), *DIGITS, "--epochs", "2", "--batch-size", "32",
+                 "--tag", "experiment=x", "--tag", "kind=baseline"]) == 0
     return out
 
 
@@ -83,11 +84,26 @@ def test_console_script_prepare(tmp_path, data_root):
 
 def test_choose_tl1_from_runs_without_tl1_is_one_line(base, tmp_path, capsys):
     out = tmp_path / "choice.json"
-    code = main(["choose-tl1", "--experiment", "", "--results", str(base.parent), "--out",
+    code = main(["choose-tl1", "--experiment", "x", "--results", str(base.parent), "--out",
                  str(out), str(base / "metrics.json")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and not out.exists()
-    assert err == "dst choose-tl1: error: : dual.tl1_beta is auto but no TL1 run completed"
+    assert err == "dst choose-tl1: error: x: dual.tl1_beta is auto but no TL1 run completed"
+
+
+@pytest.mark.parametrize("tags, message", [
+    (["kind=baseline"], "need experiment and kind"),
+    (["experiment=x", "kind=actreg"], "method 'none' does not fit the kind"),
+    (["experiment=x", "kind=baseline", "colour=red"], "take only experiment, kind"),
+    (["experiment=x", "kind=pruned", "method=none", "prune_rate=0.5"],
+     "kind=pruned is made by dst prune, not dst train"),
+])
+def test_tags_that_name_no_run_are_refused_before_training(tmp_path, capsys, tags, message):
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), *DIGITS, *[f"--tag={t}" for t in tags]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def test_choose_tl1_rejects_a_beta_that_is_not_a_number(base, tmp_path, capsys):

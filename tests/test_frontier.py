@@ -143,17 +143,6 @@ def with_dual_runs() -> pd.DataFrame:
     return pd.concat([runs, pd.DataFrame(extra)], ignore_index=True)
 
 
-def test_latency_roles_keep_unstructured_and_block_dual_runs_apart():
-    from dstcore.analysis.aggregate import select_latency_runs
-
-    chosen = select_latency_runs(with_dual_runs(), "lenet5_mnist", 0, tolerance_pp=1.0)
-    assert chosen["best_dual"] == "element/lam1/seed0"  # lam 2 loses 2 pp: beyond 1 pp
-    assert chosen["best_dual_block"] == "block16/lam2/seed0"
-    runs = with_dual_runs()
-    runs = runs[runs.prune_structure.fillna("") != "block16"]
-    assert "best_dual_block" not in select_latency_runs(runs, "lenet5_mnist", 0, 1.0)
-
-
 def test_dual_structure_table_shows_block_next_to_element():
     from dstcore.analysis.tables import dual_structure_table
 

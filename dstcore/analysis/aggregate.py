@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from dstcore import DstError
 from dstcore.analysis.stats import t_interval
 from dstcore.core.environment import PACKAGES
-from dstcore.core.io import read_json, write_with
+from dstcore.core.io import write_csv
+from dstcore.core.records import Record, read_record
 
 RUN_COLUMNS = [
     "experiment", "kind", "model", "dataset", "method", "lam", "beta", "prune_rate",
@@ -51,23 +51,18 @@ def _number(value) -> float:
 TIMING_COLUMNS = ["wall_seconds", "train_seconds_per_epoch", "eval_seconds", "finished_at"]
 
 
-def run_row(metrics: dict, run_dir: str) -> dict:
-    """One ``runs.csv`` row from a ``metrics.json`` dict."""
-    tags = metrics.get("tags") or {}
+def run_row(record: Record, run_dir: str) -> dict:
+    """One ``runs.csv`` row from a read ``metrics.json``."""
+    metrics = record.data
     train = metrics.get("train") or {}
     divergence = train.get("divergence") or {}
     macs = metrics["macs"]
-    cfg = metrics.get("config") or {}
+    identity = record.spec.columns()
     return {
-        "experiment": tags.get("experiment", ""),
-        "kind": tags.get("kind", metrics.get("stage", "")),
+        **{k: identity[k] for k in ("experiment", "kind")},
         "model": metrics["model"], "dataset": metrics["dataset"],
-        "method": tags.get("method", metrics.get("method") or "none"),
-        "lam": _number(tags.get("lam", metrics.get("lam"))),
-        "beta": _number(tags.get("beta", metrics.get("beta"))),
-        "prune_rate": _number(tags.get("prune_rate")),
-        "prune_structure": prune_structure(tags),
-        "seed": int(metrics.get("seed", (cfg.get("train") or {}).get("seed", 0))),
+        **{k: identity[k] for k in ("method", "lam", "beta", "prune_rate", "prune_structure",
+                                    "seed")},
         "status": metrics["status"],
         "top1": metrics["accuracy"]["top1"], "top5": metrics["accuracy"].get("top5", math.nan),
         "activation_sparsity": metrics["activation_sparsity"]["overall"],
@@ -83,20 +78,6 @@ def run_row(metrics: dict, run_dir: str) -> dict:
         "run_dir": run_dir,
         **provenance_columns(metrics.get("provenance") or {}),
     }
-
-
-def prune_structure(tags: dict) -> str:
-    """``runs.csv``'s prune_structure from a run's tags: its ``prune_structure`` tag (block
-    runs), ``element`` for any other stage 2 or 3 run (their commands carry no such tag, so that
-    the runs made before block pruning existed stay valid), empty for runs without pruning."""
-    return tags.get("prune_structure", "element" if "prune_rate" in tags else "")
-
-
-def structure_family(runs: pd.DataFrame) -> pd.Series:
-    """``element``, ``block`` (any block size) or ``""`` per row of a runs table."""
-    if "prune_structure" not in runs:
-        return pd.Series("", index=runs.index)
-    return runs.prune_structure.fillna("").astype(str).str.rstrip("0123456789")
 
 
 def provenance_columns(prov: dict) -> dict:
@@ -133,15 +114,10 @@ def collect(metrics_files: list[Path], results_dir: Path) -> tuple[pd.DataFrame,
     """(runs, layers) tables from ``metrics_files``; a missing or unreadable file is an error."""
     runs, layers = [], []
     for path in metrics_files:
-        path = Path(path)
-        try:
-            metrics = read_json(path)
-        except (OSError, ValueError) as err:
-            raise DstError(f"cannot read {path}: {err}") from err
-        run_dir = os.path.relpath(path.parent, results_dir)
-        row = run_row(metrics, run_dir)
+        record = read_record(path)
+        row = run_row(record, os.path.relpath(record.path.parent, results_dir))
         runs.append(row)
-        layers.extend(layer_rows(metrics, row))
+        layers.extend(layer_rows(record.data, row))
     run_table = pd.DataFrame(runs, columns=RUN_COLUMNS)
     run_table = run_table.sort_values(["experiment", "kind", "method", "prune_structure",
                                        "prune_rate", "lam", "beta", "seed"],
@@ -184,48 +160,9 @@ def best_within_tolerance(candidates: pd.DataFrame, reference_top1: float,
     return ok.sort_values(["sparsity_mean", "top1_mean"], ascending=False).iloc[0]
 
 
-# select_latency_runs: role -> (kind, method, pruning structure family, score to maximise)
-LATENCY_ROLES = {
-    "best_tl1": ("actreg", "tl1", "", "activation_sparsity"),
-    "best_dual": ("dual", "tl1", "element", "mac_reduction_pct"),
-    "best_dual_block": ("dual", "tl1", "block", "mac_reduction_pct"),
-}
-
-
-def select_latency_runs(runs: pd.DataFrame, experiment: str, seed: int,
-                        tolerance_pp: float) -> dict[str, str]:
-    """Run directories to time for one experiment and seed: the dense baseline, the TL1 run
-    with the highest activation sparsity (``best_tl1``) and the dual sparse TL1 run with the
-    largest reduction of multiplications among the unstructured (``best_dual``) and among the
-    block-structured ones (``best_dual_block``), each with top-1 within ``tolerance_pp`` of
-    that seed's baseline (or the closest to it when none is); roles without runs are left out."""
-    rows = runs[(runs.experiment == experiment) & (runs.seed == seed)
-                & (runs.status == "completed")]
-    base = rows[rows.kind == "baseline"]
-    if base.empty:
-        raise DstError(f"no completed baseline for {experiment} seed {seed} in the runs table")
-    floor = base.top1.iloc[0] - tolerance_pp / 100
-    chosen = {"baseline": base.run_dir.iloc[0]}
-    family = structure_family(rows)
-    for role, (kind, method, structure, score) in LATENCY_ROLES.items():
-        cand = rows[(rows.kind == kind) & (rows.method == method) & (family == structure)]
-        if cand.empty:
-            continue
-        ok = cand[cand.top1 >= floor - 1e-12]
-        pick = ok.sort_values(score).iloc[-1] if not ok.empty else \
-            cand.sort_values("top1").iloc[-1]
-        chosen[role] = pick.run_dir
-    return chosen
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Write ``table`` to ``path`` atomically."""
-    write_with(path, lambda tmp: table.to_csv(tmp, index=False))
-
-
 def write_tables(metrics_files: list[Path], results_dir: Path, out_dir: Path) -> pd.DataFrame:
     """Write ``runs.csv`` and ``layers.csv`` into ``out_dir``; return the runs table."""
     runs, layers = collect(metrics_files, results_dir)
-    write_csv(runs, Path(out_dir) / "runs.csv")
-    write_csv(layers, Path(out_dir) / "layers.csv")
+    write_csv(Path(out_dir) / "runs.csv", runs)
+    write_csv(Path(out_dir) / "layers.csv", layers)
     return runs

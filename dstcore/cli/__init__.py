@@ -133,20 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time torch.compile (inductor) as a peer; compiles per model, "
                         "batch and thread count (ResNet18 224x224: ~25 s the first time, "
                         "<1 s for further sparsities from inductor's cache)")
+    from dstcore.measure.settings import LatencySettings  # no torch: only the defaults
+
+    lat_defaults = LatencySettings()
     q = lat.add_parser("models", help="baseline, best TL1 and best dual model of an experiment")
     q.add_argument("--runs", type=Path, required=True, help="runs.csv from dst aggregate")
     q.add_argument("--results", type=Path, required=True, help="results folder (run paths)")
     q.add_argument("--experiment", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", type=Path, required=True, help="CSV to write")
-    q.add_argument("--tolerance-pp", type=float, default=0.5)
-    q.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    q.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+    q.add_argument("--tolerance-pp", type=float, default=lat_defaults.tolerance_pp)
+    q.add_argument("--batch-sizes", type=int, nargs="+", default=list(lat_defaults.batch_sizes))
+    q.add_argument("--threads", type=int, nargs="+", default=list(lat_defaults.threads),
                    help="thread counts to time; 0 = all cores")
-    q.add_argument("--warmup", type=int, default=3)
-    q.add_argument("--repeats", type=int, default=20)
-    q.add_argument("--max-images", type=int, default=64)
-    q.add_argument("--torch-compile", action="store_true",
+    q.add_argument("--warmup", type=int, default=lat_defaults.warmup)
+    q.add_argument("--repeats", type=int, default=lat_defaults.repeats)
+    q.add_argument("--max-images", type=int, default=lat_defaults.max_images)
+    q.add_argument("--torch-compile", action="store_true", default=lat_defaults.torch_compile,
                    help="also time torch.compile (inductor) end to end; compiles once per "
                         "model, batch and thread count")
 
@@ -218,11 +221,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, stage: str) -> int:
+    from dstcore.core.runs import RunSpec
     from dstcore.training.loop import run
 
     cfg = resolve_config(args, stage)
+    tags = parse_tags(args.tags)
+    if tags:  # a run of the pipeline: its tags must name one (dstcore.core.runs.RunSpec)
+        spec = RunSpec.from_tags(tags, cfg.train.seed)
+        if spec.kind.command != stage:
+            raise DstError(f"--tag kind={spec.kind} is made by dst {spec.kind.command}, "
+                           f"not dst {stage}")
     summary = run(cfg, stage, args.out, init=getattr(args, "init", None), resume=args.resume,
-                  final_eval=not args.no_evaluate, tags=parse_tags(args.tags))
+                  final_eval=not args.no_evaluate, tags=tags)
     if summary["status"] == "diverged" and not args.allow_divergence:
         return 3
     return 0
@@ -231,10 +241,11 @@ def cmd_run(args: argparse.Namespace, stage: str) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dstcore.core.environment import provenance
     from dstcore.core.io import read_json, write_json
+    from dstcore.core.records import make_record, write_record
     from dstcore.data.datasets import load_dataset
     from dstcore.measure.metrics import full_metrics
     from dstcore.models.checkpoint import load_model
-    from dstcore.training.loop import configure_runtime, merge_metrics, resolve_device
+    from dstcore.training.loop import configure_runtime, resolve_device
 
     path = args.run / "model.pt" if args.run else args.checkpoint
     out = args.out or ((args.run / "metrics.json") if args.run else None)
@@ -250,13 +261,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = full_metrics(model, bundle, device, d["eval_batch_size"])
     train_json = path.parent / "train.json"
     if train_json.exists():
-        result = merge_metrics(metrics, read_json(train_json))
-        result["provenance"]["evaluated_with"] = provenance(device)
-    else:
-        result = {"status": meta["status"], "stage": meta["stage"], "model": meta["model"],
-                  "dataset": meta["dataset"], **metrics, "config": meta["config"],
-                  "provenance": provenance(device)}
-    write_json(out, result)
+        summary = read_json(train_json)
+        where = {**summary["provenance"], "evaluated_with": provenance(device)}
+        write_record(out, make_record(metrics, summary, where))
+    else:  # a bare model.pt: its evaluation, without a run's identity
+        write_json(out, {"status": meta["status"], "stage": meta["stage"], "model": meta["model"],
+                         "dataset": meta["dataset"], **metrics, "config": meta["config"],
+                         "provenance": provenance(device)})
     acc, sp = metrics["accuracy"]["top1"], metrics["activation_sparsity"]["overall"]
     print(f"{path}: top1 {acc:.4f}, activation sparsity {sp:.4f}, "
           f"MACs {metrics['macs']['effective']:.0f}/{metrics['macs']['dense']:.0f} "
@@ -265,21 +276,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from dstcore.measure import latency
-
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     if args.what == "sweep":
-        out = latency.run_synthetic_sweep(args.out, quick=args.quick, log=say)
+        from dstcore.measure.synthetic import run_synthetic_sweep
+
+        out = run_synthetic_sweep(args.out, quick=args.quick, log=say)
         print(out["crossover"].to_string(index=False))
         return 0
     if args.what == "resnets":
         return _latency_resnets(args, say)
     if min(args.threads) < 0 or min(args.batch_sizes) < 1 or args.repeats < 1:
         raise DstError("--threads must be >= 0, --batch-sizes >= 1 and --repeats >= 1")
+    from dstcore.measure.experiment import measure_experiment
+
     threads = [t or None for t in args.threads]
-    table = latency.measure_experiment(
+    table = measure_experiment(
         args.runs, args.results, args.experiment, args.seed, args.out,
         tolerance_pp=args.tolerance_pp, batch_sizes=args.batch_sizes, thread_counts=threads,
         warmup=args.warmup, repeats=args.repeats, max_images=args.max_images,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from dstcore.core.geometry import pair
 from dstcore.sparsity.activations import weighted_layers
 
 
@@ -46,7 +47,7 @@ def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, grou
     inputs of channel c that tap (i, j) meets over all outputs. Integer arithmetic, exact.
     ``nonzero``: :func:`nonzero_map` of ``x`` when the caller already has it.
     """
-    (sh, sw), (ph, pw), (dh, dw) = (_pair(v) for v in (stride, padding, dilation))
+    (sh, sw), (ph, pw), (dh, dw) = (pair(v) for v in (stride, padding, dilation))
     c_out, c_in_g, kh, kw = weight.shape
     n, c_in, h, w = x.shape
     out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -60,10 +61,6 @@ def conv2d_macs(x: Tensor, weight: Tensor, stride=1, padding=0, dilation=1, grou
     kernel = (weight != 0).view(groups, c_out // groups, c_in_g, kh, kw).sum(1, dtype=torch.int64)
     dense = n * out_h * out_w * c_out * c_in_g * kh * kw
     return int(dense), int((kernel * taps).sum().item())
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 @torch.no_grad()

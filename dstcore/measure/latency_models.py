@@ -1,6 +1,6 @@
 """End-to-end latency of whole models: the compiled runner against torch eager and ONNX Runtime.
 
-:func:`dstcore.measure.latency.time_engines` times, interleaved in one process on the same inputs and
+:func:`dstcore.measure.engines.time_engines` times, interleaved in one process on the same inputs and
 thread count, torch eager, ONNX Runtime (dense, graph optimisations on, no spinning), the
 runner's ``dense`` kind (overhead removed, every multiplication done), its sparse kinds and,
 on request, ``torch.compile`` (inductor, default mode).
@@ -22,16 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from dstcore.measure.latency import (
-    _layer_inputs,
-    _zero_fraction,
-    environment_info,
-    meta_path,
-    threads,
-    time_engines,
-    write_csv_atomic,
-    write_json_atomic,
-)
+from dstcore.core.io import write_csv
+from dstcore.measure.engines import RUNNER_NAMES, time_engines
+from dstcore.measure.model_latency import layer_inputs
+from dstcore.measure.sidecar import write_results
+from dstcore.measure.synthetic import zero_fraction
+from dstcore.measure.threads import max_threads, threads
 
 SWEEP_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -102,7 +98,7 @@ def _relu_input(model: nn.Module, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
 
 def input_sparsity(model: nn.Module, x: Tensor) -> dict[str, float]:
     """Fraction of zeros in the input of every Conv2d / Linear of ``model`` on ``x``."""
-    return {name: _zero_fraction(a) for name, a in _layer_inputs(model, x).items()}
+    return {name: zero_fraction(a) for name, a in layer_inputs(model, x).items()}
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -143,7 +139,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     torch_compile: bool = False, grid_sparsity: float | None = 0.9,
                     log: Callable[[str], None] | None = None) -> dict[str, pd.DataFrame]:
     """End-to-end latency of torchvision ResNets with synthetic activation sparsity: every
-    engine of :func:`dstcore.measure.latency.time_engines` on N(0, 1) inputs, per model, weight
+    engine of :func:`dstcore.measure.engines.time_engines` on N(0, 1) inputs, per model, weight
     sparsity, input sparsity, batch and thread count. With ``grid_sparsity`` the batch sizes
     and thread counts after the first of each are measured at that sparsity only (the
     sparsity sweep runs at the first batch size and thread count; None = every cell), which
@@ -153,7 +149,6 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
     ``models.csv`` (+ meta) and ``models_crossover.csv`` (:func:`model_crossover`) to
     ``out_dir``."""
     from dstcore.kernels.onnxrt import export_onnx
-    from dstcore.measure.latency import RUNNER_NAMES, max_threads
 
     log = log or (lambda s: None)
     out_dir = Path(out_dir)
@@ -187,8 +182,7 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
                     f"{k} {v['median_ms']:.1f} ms" for k, v in res.items()))
     df = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(df, out_dir / "models.csv")
-    write_json_atomic(environment_info() | {
+    write_results(out_dir / "models.csv", df, {
         "kind": "synthetic_model_latency", "models": list(models), "size": size,
         "sparsities": list(sparsities), "weight_sparsities": list(weight_sparsities),
         "batch_sizes": list(batch_sizes), "thread_counts": list(thread_counts),
@@ -198,9 +192,9 @@ def run_model_sweep(out_dir: str | Path, *, models: Sequence[str] = ("resnet18",
         "sparsity_method": "per-channel BatchNorm bias shift to the target quantile of each "
                            "ReLU input on 4 N(0,1) calibration images (set_input_sparsity)",
         "weight_pruning": "block units of 16 output x 1 input channel, per layer, "
-                          "all convs but the first"}, meta_path(out_dir / "models.csv"))
+                          "all convs but the first"})
     cross = model_crossover(df)
-    write_csv_atomic(cross, out_dir / "models_crossover.csv")
+    write_csv(out_dir / "models_crossover.csv", cross)
     return {"models": df, "crossover": cross}
 
 

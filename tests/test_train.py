@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+import dstcore.training.callbacks as callbacks_mod
 import dstcore.training.loop as train_mod
 from dstcore import DstError
 from dstcore.data.datasets import load_dataset
@@ -199,9 +200,10 @@ def test_eval_every_skips_test_passes_but_not_the_last(tmp_path, digits, baselin
 
 def test_the_last_epochs_evaluation_is_the_full_one(tmp_path, digits, baseline, monkeypatch):
     calls = []
-    real = train_mod.full_metrics
-    monkeypatch.setattr(train_mod, "full_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(train_mod, "evaluate", lambda *a, **k: pytest.fail("second test pass"))
+    real = callbacks_mod.full_metrics  # every test pass of a run goes through callbacks
+    monkeypatch.setattr(callbacks_mod, "full_metrics",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(callbacks_mod, "evaluate", lambda *a, **k: pytest.fail("second test pass"))
     run(cfg(train={"eval_every": 0}), "train", tmp_path / "one_pass", bundle=digits)
     assert calls == [1]  # one pass over the test set for the whole run
 

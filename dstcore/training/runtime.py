@@ -1,0 +1,69 @@
+"""Where and how a run computes: device, threads and determinism, the learning-rate schedule,
+the per-epoch seed and the optimiser."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dstcore import DstError
+from dstcore.training.config import RunConfig
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DstError("train.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def configure_runtime(threads: int, deterministic: bool) -> None:
+    """Set torch's thread count (0 keeps the default) and deterministic algorithms."""
+    if threads:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def lr_at(cfg: RunConfig, epoch: int, total: int) -> float:
+    """Learning rate of (0-based) ``epoch`` out of ``total``."""
+    t = cfg.train
+    if epoch < t.warmup_epochs:
+        return t.lr * (epoch + 1) / t.warmup_epochs
+    if t.schedule == "cosine":
+        span = max(total - t.warmup_epochs, 1)
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - t.warmup_epochs) / span))
+    if t.schedule == "step":
+        return t.lr * t.gamma ** sum(epoch >= m for m in t.milestones)
+    return t.lr
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of everything random in one epoch (shuffling, augmentation, dropout)."""
+    return seed * 1_000_003 + epoch
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """SGD or Adam over the parameters in a pruning-independent order (``weight_orig`` sorts
+    as ``weight``), so an optimizer state saved before or after pruning loads the same way."""
+    named = sorted(model.named_parameters(), key=lambda kv: kv[0].removesuffix("_orig"))
+    params = [p for _, p in named]
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                           weight_decay=t.weight_decay)
+
+
+def say(message: str) -> None:
+    """One console line on stderr that does not break a progress bar."""
+    tqdm.write(message, file=sys.stderr)

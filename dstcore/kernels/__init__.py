@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dstcore.core.geometry import pair
 from dstcore.kernels.cpu import (
     ActSparse,
     ConvParams,
@@ -31,7 +32,6 @@ from dstcore.kernels.cpu import (
     Kernel,
     WeightSparseConv2d,
     WeightSparseLinear,
-    _pair,
     conv_params,
 )
 from dstcore.kernels.cuda import CudaDense, CudaSparseCSR, cuda_available
@@ -111,7 +111,7 @@ def prepare(kind: str, module_or_weight: nn.Module | Tensor, bias: Tensor | None
             return KERNELS[kind](w, bias, None, **options)
         if w.dim() == 4:
             params = ConvParams(w.shape[1] * groups, w.shape[0], (w.shape[2], w.shape[3]),
-                                _pair(stride), _pair(padding), _pair(dilation), groups)
+                                pair(stride), pair(padding), pair(dilation), groups)
             return KERNELS[kind](w, bias, params, **options)
         raise ValueError(f"weight must be 2-D (linear) or 4-D (conv), got {tuple(w.shape)}")
     raise TypeError(f"expected nn.Conv2d, nn.Linear or a weight tensor, got {type(module_or_weight)}")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dstcore.core.geometry import pair
 from dstcore.kernels import _compress as C
 from dstcore.kernels import _conv as K
 from dstcore.kernels._simd import LANES, KSpec
@@ -27,13 +28,6 @@ _HAS_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
 #: accumulator lanes kept in registers (16 zmm of 32 with AVX-512, 4 ymm pairs otherwise)
 MAX_ACC_LANES = 192 if _HAS_AVX512 else 64
 _BLOCKS = (16, 32, 48, 64, 96, 128, 192)
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    a, b = v
-    return (int(a), int(b))
 
 
 def _round_up(a: int, b: int) -> int:
@@ -88,8 +82,8 @@ def conv_params(module: nn.Conv2d) -> ConvParams:
             if any(e % 2 for e in ext):
                 raise NotImplementedError("padding='same' with an asymmetric pad")
             pad = tuple(e // 2 for e in ext)
-    return ConvParams(module.in_channels, module.out_channels, _pair(module.kernel_size),
-                      _pair(module.stride), _pair(pad), _pair(module.dilation), module.groups)
+    return ConvParams(module.in_channels, module.out_channels, pair(module.kernel_size),
+                      pair(module.stride), pair(pad), pair(module.dilation), module.groups)
 
 
 def choose_block(taps: int, kg: int, max_lanes: int = MAX_ACC_LANES) -> int:

@@ -3,7 +3,7 @@
 On CPU-only machines ``cuda_available()`` is False and constructing these raises
 ``RuntimeError``; callers (latency sweeps, tests) skip them. Inputs are moved to the GPU in
 ``prepare_input`` (counted in the latency); time with ``torch.cuda.synchronize`` (see
-``dstcore.measure.latency.time_callable(sync=...)``).
+``dstcore.measure.timing.time_callable(sync=...)``).
 """
 
 from __future__ import annotations

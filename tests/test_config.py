@@ -81,3 +81,115 @@ def test_semantic_hash_of_runs_from_before_prune_exclude_is_unchanged():
     cfg = from_dict(apply_overrides({}, ["prune.exclude=[first,last]"]))
     assert cfg.prune.exclude == ["first", "last"]
     assert cfg.semantic_hash() != "4f50e7285a48b6ad"
+
+
+# Every key with limits, a value outside them and the message's "expected ..." (pinned: the
+# generic check of validate() must say exactly this).
+LIMITS = [
+    ("data.train_subset", 0, "null or an integer > 0"),
+    ("data.test_subset", -5, "null or an integer > 0"),
+    ("data.subset_seed", -1, "an integer in [0, 4294967295]"),
+    ("data.num_workers", 1025, "an integer in [0, 1024]"),
+    ("data.eval_batch_size", 0, "an integer > 0"),
+    ("train.epochs", 0, "an integer >= 1"),
+    ("train.batch_size", 0, "an integer > 0"),
+    ("train.optimizer", "rmsprop", "one of sgd, adam"),
+    ("train.lr", 0.0, "a number > 0"),
+    ("train.momentum", 1.0, "a number in [0, 1)"),
+    ("train.weight_decay", -1.0, "a number >= 0"),
+    ("train.schedule", "linear", "one of cosine, step, constant"),
+    ("train.milestones", [3, 0], "a list of epochs >= 1"),
+    ("train.gamma", 0.0, "a number in (0, 1]"),
+    ("train.warmup_epochs", -1, "an integer >= 0"),
+    ("train.seed", 2**32, "an integer in [0, 4294967295]"),
+    ("train.threads", -1, "an integer in [0, 1024]"),
+    ("train.device", "tpu", "one of auto, cpu, cuda"),
+    ("train.collapse_factor", -0.5, "a number >= 0"),
+    ("train.eval_every", -1, "an integer >= 0"),
+    ("reg.lam", -0.1, "a number >= 0"),
+    ("reg.beta", 0.0, "a number > 0"),
+    ("reg.layer_weights", {"fc1": -1.0}, "weights >= 0"),
+    ("prune.weight_l1", -1.0, "a number >= 0"),
+    ("prune.l1_epochs", -1, "an integer >= 0"),
+    ("prune.finetune_epochs", -1, "an integer >= 0"),
+    ("prune.rate", 1.0, "a number in [0, 1)"),
+    ("prune.threshold", -1.0, "a number >= 0"),
+    ("prune.scope", "model", "one of global, layer"),
+    ("prune.structure", "channel", "one of element, block"),
+    ("prune.block_out", 4097, "an integer in [1, 4096]"),
+    ("prune.exclude", ["middle"], "a list of distinct items from first, last"),
+]
+
+
+@pytest.mark.parametrize("key, value, allowed", LIMITS, ids=[k for k, _, _ in LIMITS])
+def test_each_limit_says_what_is_allowed(key, value, allowed):
+    section, name = key.split(".")
+    with pytest.raises(DstError) as err:
+        check({section: {name: value}})
+    assert str(err.value) == f"{key}: {value!r} is not allowed; expected {allowed}"
+
+
+def test_every_field_has_help_and_every_limit_is_pinned():
+    import dataclasses
+
+    from dstcore.training.config import SECTIONS, config_field, field_help
+
+    limited = set()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert field_help(section, f.name).strip(), f"{section}.{f.name} has no help"
+            meta = config_field(section, f.name).metadata
+            if any(meta[k] is not None for k in ("ge", "gt", "le", "lt", "choices")):
+                limited.add(f"{section}.{f.name}")
+    assert limited == {k for k, _, _ in LIMITS}
+
+
+def test_limits_hold_at_their_bounds_and_nan_is_out():
+    check({"train": {"momentum": 0.0, "gamma": 1.0, "seed": 2**32 - 1, "threads": 1024},
+           "prune": {"rate": 0.0, "block_out": 4096, "exclude": ["first", "last"]},
+           "reg": {"method": "l1", "lam": 0.0, "layer_weights": {"fc1": 0.0}}})
+    for key in ("lr", "momentum", "gamma", "weight_decay", "collapse_factor"):
+        with pytest.raises(DstError, match=f"train.{key}: nan is not allowed"):
+            check({"train": {key: float("nan")}})
+
+
+def test_dst_prune_does_not_check_train_epochs():
+    # its length is prune.l1_epochs + prune.finetune_epochs (as before the limits moved)
+    check({"train": {"epochs": 0}}, stage="prune")
+    check({"train": {"epochs": -3}}, stage="prune")
+
+
+def test_list_defaults_are_not_shared():
+    a, b = RunConfig(), RunConfig()
+    a.train.milestones.append(3)
+    a.prune.exclude.append("first")
+    a.reg.layer_weights["fc1"] = 2.0
+    assert b.train.milestones == [] and b.prune.exclude == [] and b.reg.layer_weights == {}
+
+
+SHORTCUT_SAMPLES = {int: "3", float: "0.25", str: "sample"}
+
+
+def test_every_shortcut_names_a_field_and_parses_to_its_type():
+    from dstcore.cli import FINETUNE_SHORTCUTS, PRUNE_SHORTCUTS, SHORTCUTS, build_parser
+    from dstcore.training.config import config_field, field_help, field_hint, shortcut_type
+
+    parser = build_parser()
+    for command, extra in (("train", FINETUNE_SHORTCUTS), ("finetune", FINETUNE_SHORTCUTS),
+                           ("prune", PRUNE_SHORTCUTS)):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        actions = {a.dest: a for a in sub._actions}
+        for dest, (section, key) in {**SHORTCUTS, **extra}.items():
+            config_field(section, key)  # raises KeyError for a key the config does not have
+            typ = shortcut_type(section, key)
+            assert typ in (int, float, str) and (typ is field_hint(section, key)
+                                                 or typ in getattr(field_hint(section, key),
+                                                                   "__args__", ()))
+            assert field_help(section, key) in actions[dest].help
+            argv = [command, "--out", "x", f"--{dest.replace('_', '-')}", SHORTCUT_SAMPLES[typ]]
+            if command != "train":
+                argv += ["--from", "m.pt"]
+            value = getattr(parser.parse_args(argv), dest)
+            assert type(value) is typ, (dest, value)
+            cfg = from_dict({section: {key: value}})  # the field's own type check accepts it
+            assert getattr(getattr(cfg, section), key) == value

@@ -126,7 +126,7 @@ def test_auto_stage3_choice_needs_tl1_sweeps():
 
 
 def test_tl1_grids_expand_per_beta():
-    from dstcore.workflow.checks import regularizer_sweeps
+    from dstcore.workflow.grid import regularizer_sweeps
 
     exp = {"regularizers": {"l1": {"lams": [1.0]},
                             "tl1": {"sweeps": [{"beta": 0.1, "lams": [1.0, 2.0]},
@@ -139,7 +139,7 @@ def test_tl1_grids_expand_per_beta():
 
 
 def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
-    from dstcore.workflow.checks import regularizer_sweeps
+    from dstcore.workflow.grid import regularizer_sweeps
 
     config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()), SCHEMA)
     for exp in config["experiments"]:
@@ -156,11 +156,15 @@ def test_data_root_must_exist(tmp_path):
         validate_config(edit("data_root", str(tmp_path / "nope")), SCHEMA)
 
 
-def test_schema_enums_match_the_registries():
-    schema = yaml.safe_load(SCHEMA.read_text())
-    props = schema["$defs"]["experiment"]["properties"]
+def test_schema_names_come_from_the_registries():
+    from dstcore.sparsity.regularizers import REGISTRY
+    from dstcore.workflow.checks import filled_schema
+
+    props = filled_schema(SCHEMA)["$defs"]["experiment"]["properties"]
     assert props["model"]["enum"] == list(MODELS)
     assert props["dataset"]["enum"] == list(DATASETS)
+    assert list(props["regularizers"]["properties"]) == list(REGISTRY)
+    assert props["regularizers"]["properties"]["tl1"] == {"$ref": "#/$defs/shape_sweep"}
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
@@ -171,12 +175,109 @@ def test_shipped_configs_are_valid_and_get_defaults(name):
 
 
 def test_pruning_structures_name_the_run_paths():
-    from dstcore.workflow.checks import prune_structures, structure_of_prefix, structure_prefix
+    from dstcore.core.runs import RunKind, RunSpec
+    from dstcore.workflow.grid import prune_structures
 
     config = validate_config(smoke(), SCHEMA)
     dual = config["experiments"][0]["dual"]
     assert prune_structures(dual) == ["element", "block16"]
-    assert [structure_prefix(label) for label in prune_structures(dual)] == ["", "block16-"]
-    assert structure_of_prefix("") == ("element", None)
-    assert structure_of_prefix("block8-") == ("block", 8)
+    paths = [RunSpec("e", RunKind.PRUNED, 0, prune_rate=0.5, prune_structure=label).path()
+             for label in prune_structures(dual)]
+    assert paths == ["e/dual/prune0.5/stage2/seed0", "e/dual/block16-prune0.5/stage2/seed0"]
     assert prune_structures({"prune_rates": [0.5]}) == ["element"]  # the default: as before
+
+
+def _generated_keys(filled: dict) -> dict:
+    """Every pipeline key filled in from a run-config field: where -> (section, key, its
+    schema, whether the schema carries the field's default)."""
+    from dstcore.workflow.checks import DATA_KEYS, DUAL_KEYS, SCHEDULE_KEYS, TOP_KEYS
+
+    exp = filled["$defs"]["experiment"]["properties"]
+    out = {f"schedule.{k}": ("train", k, filled["$defs"]["schedule"]["properties"][k], False)
+           for k in SCHEDULE_KEYS}
+    out.update({f"data.{k}": ("data", k, exp["data"]["properties"][k], False) for k in DATA_KEYS})
+    out.update({f"dual.{k}": ("prune", k, exp["dual"]["properties"][k], True) for k in DUAL_KEYS})
+    out.update({k: (section, k, filled["properties"][k], True) for k, section in TOP_KEYS.items()})
+    out["seeds[]"] = ("train", "seed", exp["seeds"]["items"], False)
+    return out
+
+
+def _probes(f, hint) -> list:
+    """Values of a field's own type on both sides of each of its bounds, and its choices."""
+    import typing
+
+    from dstcore.training.config import field_choices
+
+    meta = f.metadata
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    container = typing.get_origin(hint) in (list, dict)
+    scalar = args[0] if container or args else hint
+    if scalar is bool:
+        values = [True, False]
+    elif scalar is str:
+        values = [*(field_choices(f) or ("any", "")), "not-a-choice"]
+    else:
+        bounds = [meta[k] for k in ("ge", "gt", "le", "lt") if meta[k] is not None] or [0]
+        steps = (-1, 0, 1) if scalar is int else (-0.5, -1e-9, 0.0, 1e-9, 0.5)
+        values = [scalar(b + s) for b in bounds for s in steps]
+    if typing.get_origin(hint) is list:
+        return [[], *([v] for v in values), values[:1] * 2]
+    return values + ([None] if type(None) in typing.get_args(hint) else [])
+
+
+def test_schema_keys_from_the_run_config_agree_with_its_fields():
+    """Defaults, limits and names the pipeline takes from dstcore.training.config agree with the
+    dataclass fields, value by value on both sides of every bound; the only keys stricter than
+    the run config are those of checks.STRICTER."""
+    import jsonschema
+
+    from dstcore.training import config as run_config
+    from dstcore.workflow.checks import STRICTER, filled_schema
+
+    filled = filled_schema(SCHEMA)
+    disagree = set()
+    for where, (section, key, schema, has_default) in _generated_keys(filled).items():
+        f, hint = run_config.config_field(section, key), run_config.field_hint(section, key)
+        assert schema["description"] == run_config.field_help(section, key), where
+        if has_default:
+            assert schema["default"] == run_config.field_default(f), where
+        else:  # schedules and data pass only what an experiment sets: the run config's defaults
+            assert "default" not in schema, where
+        check = jsonschema.Draft202012Validator(schema)
+        for value in _probes(f, hint):
+            try:
+                run_config.validate(run_config.from_dict({section: {key: value}}))
+                ok = True
+            except DstError:
+                ok = False
+            if check.is_valid(value) != ok:
+                disagree.add((where.split("[")[0], value))
+    assert disagree == {("dual.finetune_epochs", 0)}, disagree
+    assert set(STRICTER) == {("dual", "finetune_epochs")}
+
+
+def test_prune_names_of_the_dual_section_come_from_the_run_config():
+    from dstcore.sparsity.pruning import EXCLUDABLE, SCOPES, STRUCTURES
+    from dstcore.workflow.checks import filled_schema
+
+    dual = filled_schema(SCHEMA)["$defs"]["experiment"]["properties"]["dual"]["properties"]
+    assert dual["scope"]["enum"] == list(SCOPES)
+    assert dual["structures"]["items"]["enum"] == list(STRUCTURES)
+    assert dual["block_scope"]["anyOf"][1]["enum"] == list(SCOPES)
+    assert dual["block_exclude"]["items"]["enum"] == list(EXCLUDABLE)
+
+
+def test_schema_file_does_not_restate_run_config_keys():
+    """Keys filled in from dstcore.training.config are not written in the YAML (where an edit
+    would be overwritten without a word)."""
+    from dstcore.workflow.checks import filled_schema
+
+    raw = yaml.safe_load(SCHEMA.read_text())
+    filled_from_fields = set(_generated_keys(filled_schema(SCHEMA)))
+    exp = raw["$defs"]["experiment"]["properties"]
+    written = {f"schedule.{k}" for k in raw["$defs"]["schedule"]["properties"]}
+    written |= {f"data.{k}" for k in exp["data"]["properties"]}
+    written |= {f"dual.{k}" for k in exp["dual"]["properties"]}
+    written |= set(raw["properties"])
+    assert not written & filled_from_fields
+    assert set(exp["seeds"]["items"]) == {"description"}

@@ -15,34 +15,31 @@ from pathlib import Path
 
 from dstcore import DstError, one_line
 
-# shortcut flag -> (section, key, type)
-SHORTCUTS: dict[str, tuple[str, str, type]] = {
-    "model": ("model", "name", str),
-    "dataset": ("data", "dataset", str),
-    "data_root": ("data", "data_root", str),
-    "train_subset": ("data", "train_subset", int),
-    "test_subset": ("data", "test_subset", int),
-    "epochs": ("train", "epochs", int),
-    "batch_size": ("train", "batch_size", int),
-    "lr": ("train", "lr", float),
-    "seed": ("train", "seed", int),
-    "threads": ("train", "threads", int),
-    "device": ("train", "device", str),
+# shortcut flag -> (section, key); type and help come from the key's field in
+# dstcore.training.config
+SHORTCUTS: dict[str, tuple[str, str]] = {
+    "model": ("model", "name"), "dataset": ("data", "dataset"),
+    "data_root": ("data", "data_root"), "train_subset": ("data", "train_subset"),
+    "test_subset": ("data", "test_subset"), "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "lr"), "seed": ("train", "seed"),
+    "threads": ("train", "threads"), "device": ("train", "device"),
 }
-FINETUNE_SHORTCUTS = {"method": ("reg", "method", str), "lam": ("reg", "lam", float),
-                      "beta": ("reg", "beta", float)}
-PRUNE_SHORTCUTS = {"rate": ("prune", "rate", float), "threshold": ("prune", "threshold", float),
-                   "scope": ("prune", "scope", str), "structure": ("prune", "structure", str),
-                   "block_out": ("prune", "block_out", int),
-                   "weight_l1": ("prune", "weight_l1", float),
-                   "l1_epochs": ("prune", "l1_epochs", int),
-                   "finetune_epochs": ("prune", "finetune_epochs", int)}
+FINETUNE_SHORTCUTS = {"method": ("reg", "method"), "lam": ("reg", "lam"), "beta": ("reg", "beta")}
+PRUNE_SHORTCUTS = {"rate": ("prune", "rate"), "threshold": ("prune", "threshold"),
+                   "scope": ("prune", "scope"), "structure": ("prune", "structure"),
+                   "block_out": ("prune", "block_out"), "weight_l1": ("prune", "weight_l1"),
+                   "l1_epochs": ("prune", "l1_epochs"),
+                   "finetune_epochs": ("prune", "finetune_epochs")}
 
 
 def _add_shortcuts(parser: argparse.ArgumentParser, table: dict) -> None:
-    for dest, (section, key, typ) in table.items():
-        parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=typ, default=None,
-                            help=f"sets {section}.{key}")
+    from dstcore.training.config import field_help, shortcut_type
+
+    for dest, (section, key) in table.items():
+        parser.add_argument(f"--{dest.replace('_', '-')}", dest=dest,
+                            type=shortcut_type(section, key), default=None,
+                            help=f"{field_help(section, key)}; sets {section}.{key}"
+                            .replace("%", "%%"))
 
 
 def _add_run_args(parser: argparse.ArgumentParser, extra: dict) -> None:
@@ -188,7 +185,7 @@ def resolve_config(args: argparse.Namespace, stage: str):
                 data[section] = values
     data = apply_overrides(data, args.overrides)
     table = {**SHORTCUTS, **FINETUNE_SHORTCUTS, **PRUNE_SHORTCUTS}
-    for dest, (section, key, _) in table.items():
+    for dest, (section, key) in table.items():
         value = getattr(args, dest, None)
         if value is not None:
             data.setdefault(section, {})[key] = value

@@ -3,14 +3,22 @@
 A run config has five sections (``data``, ``model``, ``train``, ``reg``, ``prune``); every key
 has a default documented in ``config/README.md``. Unknown keys and out-of-range values are
 errors that name the key, the value and what is allowed.
+
+Each key's default, one-line help and limits live here, in its dataclass field (:func:`param`):
+:func:`validate` checks the limits, the pipeline schema (``dstcore.workflow.checks.filled_schema``)
+takes its types, limits and defaults from :func:`field_schema`, and the ``dst`` shortcut flags
+their type and help from :func:`shortcut_type` and :func:`field_help`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -24,75 +32,134 @@ OPTIMIZERS = ("sgd", "adam")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
+MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
+MAX_BLOCK_OUT = 4096  # output channels per block unit of block pruning
+
+
+def param(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+          le: float | None = None, lt: float | None = None,
+          choices: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+          unique: bool = False, items: str = "items", null: str | None = None):
+    """A config field with its one-line ``help`` and limits, checked by :func:`validate`.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (each item of a list, each value of a mapping);
+    ``choices`` lists the allowed strings (of a list's items), or is a function returning them
+    when they come from a registry (looked up at validation time); ``unique``: a list's items
+    are distinct. ``items`` names a list's items or a mapping's values in messages ("a list of
+    epochs >= 1"). ``null`` says what null means when it is a setting of its own ("all"): the
+    message then offers null ("null or an integer > 0"); where null hands over to another key
+    (prune.rate / prune.threshold) a cross-field rule of :func:`validate` says so instead.
+    A list or mapping default is copied for each config.
+    """
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices,
+            "unique": unique, "items": items, "null": null}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _scopes() -> tuple[str, ...]:
+    from dstcore.sparsity.pruning import SCOPES
+
+    return SCOPES
+
+
+def _structures() -> tuple[str, ...]:
+    from dstcore.sparsity.pruning import STRUCTURES
+
+    return STRUCTURES
+
+
+def _excludable() -> tuple[str, ...]:
+    from dstcore.sparsity.pruning import EXCLUDABLE
+
+    return EXCLUDABLE
 
 
 @dataclass
 class DataConfig:
     """Which dataset, where its files are, and how much of it to use."""
 
-    dataset: str = "mnist"
-    data_root: str | None = None  # folder with upstream files; else $DST_DATA_ROOT, cache, download
-    cache_dir: str = "data"
-    download: bool = True
-    verify: bool = True  # check content hashes (SHA-256 for IDX, torchvision's MD5 for CIFAR)
-    train_subset: int | None = None  # stratified, seeded subset sizes (None = all)
-    test_subset: int | None = None
-    subset_seed: int = 0
-    num_workers: int = 0  # DataLoader workers for CIFAR/ImageNet
-    eval_batch_size: int = 256  # images per evaluation batch (larger is slower on CPUs)
+    dataset: str = param("mnist", "dataset name (dstcore.data.datasets.DATASETS)")
+    data_root: str | None = param(None, "folder with the upstream files; else $DST_DATA_ROOT, "
+                                        "the cache, a download")
+    cache_dir: str = param("data", "the data cache (downloads land here)")
+    download: bool = param(True, "download missing files")
+    verify: bool = param(True, "check content hashes (SHA-256 for IDX, torchvision's MD5 for "
+                               "CIFAR)")
+    train_subset: int | None = param(None, "stratified, seeded training subset size", gt=0,
+                                     null="all")
+    test_subset: int | None = param(None, "stratified, seeded test subset size", gt=0,
+                                    null="all")
+    subset_seed: int = param(0, "seed of the subsets", ge=0, le=MAX_SEED)
+    num_workers: int = param(0, "DataLoader workers for CIFAR/ImageNet", ge=0, le=MAX_THREADS)
+    eval_batch_size: int = param(256, "images per evaluation batch (larger is slower on CPUs)",
+                                 gt=0)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "lenet5"
+    name: str = param("lenet5", "model name (dstcore.models.MODELS)")
 
 
 @dataclass
 class TrainConfig:
     """Optimisation schedule shared by every stage (``dst prune`` takes its length from ``prune``)."""
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # per-epoch: cosine to 0, step (milestones, gamma) or constant
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up epochs (counted within ``epochs``)
-    seed: int = 0
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
-    device: str = "auto"
-    deterministic: bool = True
-    collapse_factor: float = 1.5  # a fine-tune whose accuracy falls to <= this x chance diverged
-    eval_every: int = 1  # evaluate the test set every k epochs and after the last (0: last only)
+    epochs: int = param(10, "epochs (passes over the training set; not used by dst prune)", ge=1)
+    batch_size: int = param(128, "images per step", gt=0)
+    optimizer: str = param("sgd", "optimiser", choices=OPTIMIZERS)
+    lr: float = param(0.05, "peak learning rate", gt=0)
+    momentum: float = param(0.9, "SGD momentum (not used by adam)", ge=0, lt=1)
+    nesterov: bool = param(False, "Nesterov momentum (SGD)")
+    weight_decay: float = param(5e-4, "L2 weight decay", ge=0)
+    schedule: str = param("cosine", "per-epoch learning rate: cosine to 0, step (milestones, "
+                                    "gamma) or constant", choices=SCHEDULES)
+    milestones: list[int] = param([], "epochs (1-based) where schedule step multiplies lr by gamma",
+                                  ge=1, items="epochs")
+    gamma: float = param(0.1, "step factor of the lr at each milestone", gt=0, le=1)
+    warmup_epochs: int = param(0, "linear warm-up epochs (counted within epochs)", ge=0)
+    seed: int = param(0, "seed of initialisation, data order, augmentation and dropout", ge=0,
+                      le=MAX_SEED)
+    threads: int = param(0, "torch intra-op threads; 0 = torch's default", ge=0, le=MAX_THREADS)
+    device: str = param("auto", "where to train (auto: cuda when available)", choices=DEVICES)
+    deterministic: bool = param(True, "deterministic torch algorithms (cuDNN benchmark off)")
+    collapse_factor: float = param(1.5, "a fine-tune whose accuracy falls to <= this x chance "
+                                        "diverged", ge=0)
+    eval_every: int = param(1, "evaluate the test set every k epochs and after the last "
+                               "(0: last only)", ge=0)
 
 
 @dataclass
 class RegConfig:
     """Activation regulariser: loss = CE + lam * sum_l w_l R(a_l)."""
 
-    method: str = "none"  # none | l1 | hoyer | tl1
-    lam: float = 0.0
-    beta: float = 1.0  # TL1 shape parameter (> 0)
-    layer_weights: dict[str, float] = field(default_factory=dict)  # default weight 1 per layer
+    method: str = param("none", "activation regulariser (dstcore.sparsity.regularizers."
+                                "methods(): none, l1, hoyer, tl1)")
+    lam: float = param(0.0, "regularisation strength lambda (0 for method none)", ge=0)
+    beta: float = param(1.0, "TL1 shape parameter beta", gt=0)
+    layer_weights: dict[str, float] = param({}, "per-layer weights w_l by module name "
+                                                "(default 1 per layer)", ge=0, items="weights")
 
 
 @dataclass
 class PruneConfig:
     """Stage 2: ``l1_epochs`` with weight l1, magnitude pruning, ``finetune_epochs`` masked."""
 
-    weight_l1: float = 1e-5
-    l1_epochs: int = 1
-    finetune_epochs: int = 2
-    rate: float | None = 0.9  # fraction of Conv2d/Linear weights set to zero
-    threshold: float | None = None  # prune |w| <= threshold instead of a rate
-    scope: str = "global"  # global | layer
-    structure: str = "element"  # element (single weights) | block (block_out x 1 input channel)
-    block_out: int = 16  # output channels per block unit (structure block)
-    exclude: list[str] = field(default_factory=list)  # left dense: first (image layer), last
+    weight_l1: float = param(1e-5, "weight l1 strength before pruning", ge=0)
+    l1_epochs: int = param(1, "epochs of weight-l1 training before pruning", ge=0)
+    finetune_epochs: int = param(2, "epochs of masked fine-tuning after pruning", ge=0)
+    rate: float | None = param(0.9, "fraction of Conv2d/Linear weights set to zero", ge=0, lt=1)
+    threshold: float | None = param(None, "prune |w| <= threshold instead of a rate", ge=0)
+    scope: str = param("global", "rank weights over the whole model (global) or per layer",
+                       choices=_scopes)
+    structure: str = param("element", "element (single weights) or block (block_out x 1 "
+                                      "input channel)", choices=_structures)
+    block_out: int = param(16, "output channels per block unit (structure block)", ge=1,
+                           le=MAX_BLOCK_OUT)
+    exclude: list[str] = param([], "layers left dense: first (image layer), last (classifier)",
+                               choices=_excludable, unique=True)
 
 
 @dataclass
@@ -118,7 +185,7 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+SECTIONS = get_type_hints(RunConfig)  # section name -> its dataclass
 
 
 def _type_name(hint: Any) -> str:
@@ -226,59 +293,179 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise DstError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
-MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
-MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
-MAX_BLOCK_OUT = 4096  # output channels per block unit of block pruning
+def config_field(section: str, key: str) -> dataclasses.Field:
+    """The dataclass field of ``section.key`` (its default, and help and limits in ``metadata``)."""
+    for f in fields(SECTIONS[section]):
+        if f.name == key:
+            return f
+    raise KeyError(f"{section}.{key}")
+
+
+def field_hint(section: str, key: str) -> Any:
+    """The type hint of ``section.key`` (e.g. ``int | None``)."""
+    return get_type_hints(SECTIONS[section])[key]
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of a field (a fresh copy of a list or mapping default)."""
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def field_help(section: str, key: str) -> str:
+    """The one-line help of ``section.key``."""
+    f = config_field(section, key)
+    null = f.metadata.get("null")
+    return f.metadata["help"] + (f" (null: {null})" if null else "")
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """The allowed strings of a field (of a list field's items); registries are looked up now."""
+    choices = f.metadata.get("choices")
+    return tuple(choices() if callable(choices) else choices) if choices is not None else None
+
+
+def _scalar(hint: Any) -> Any:
+    """``int`` of ``int | None``; the hint itself otherwise."""
+    if get_origin(hint) in (Union, UnionType):
+        return next(a for a in get_args(hint) if a is not type(None))
+    return hint
+
+
+def shortcut_type(section: str, key: str) -> type:
+    """The argparse ``type`` of a shortcut flag that sets ``section.key``: int, float or str."""
+    hint = _scalar(field_hint(section, key))
+    if hint not in (int, float, str):
+        raise TypeError(f"{section}.{key} ({hint}) cannot be a shortcut flag")
+    return hint
+
+
+def _bound_text(meta) -> str:
+    """``>= 0``, ``> 0``, ``in [0, 1)``, ... of a field's bounds."""
+    lo = ("[", meta["ge"]) if meta["ge"] is not None else ("(", meta["gt"]) \
+        if meta["gt"] is not None else None
+    hi = (meta["le"], "]") if meta["le"] is not None else (meta["lt"], ")") \
+        if meta["lt"] is not None else None
+    if lo and hi:
+        return f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    return f"{'<=' if hi[1] == ']' else '<'} {hi[0]}"
+
+
+def _has_bounds(meta) -> bool:
+    return any(meta[k] is not None for k in ("ge", "gt", "le", "lt"))
+
+
+def _in_bounds(x: float, meta) -> bool:
+    """Written so that NaN is out of every bound."""
+    return all((meta["ge"] is None or x >= meta["ge"], meta["gt"] is None or x > meta["gt"],
+                meta["le"] is None or x <= meta["le"], meta["lt"] is None or x < meta["lt"]))
+
+
+def _allowed(f: dataclasses.Field, hint: Any) -> str:
+    """What a field's limits allow, as the end of an error message."""
+    meta, choices = f.metadata, field_choices(f)
+    if get_origin(hint) is list:
+        what = f"{meta['items']} from {', '.join(choices)}" if choices else \
+            f"{meta['items']} {_bound_text(meta)}"
+        return f"a list of {'distinct ' if meta['unique'] else ''}{what}"
+    if get_origin(hint) is dict:
+        return f"{meta['items']} {_bound_text(meta)}"
+    if choices:
+        return f"one of {', '.join(choices)}"
+    noun = "an integer" if _scalar(hint) is int else "a number"
+    return f"{'null or ' if meta['null'] else ''}{noun} {_bound_text(meta)}"
+
+
+def _within(f: dataclasses.Field, hint: Any, value: Any) -> bool:
+    """Whether a (type-checked) value is within the field's limits."""
+    meta, choices = f.metadata, field_choices(f)
+    if value is None:
+        return True
+    if get_origin(hint) is list:
+        items = value
+        if meta["unique"] and len(set(items)) != len(items):
+            return False
+    elif get_origin(hint) is dict:
+        items = list(value.values())
+    else:
+        items = [value]
+    if choices is not None and not all(x in choices for x in items):
+        return False
+    return not _has_bounds(meta) or all(_in_bounds(x, meta) for x in items)
+
+
+def check_limits(cfg: RunConfig, skip: tuple[tuple[str, str], ...] = ()) -> None:
+    """Check every field against the limits of its metadata, section by section in field
+    order; raise :class:`DstError` naming the first key out of them."""
+    for section, cls in SECTIONS.items():
+        hints, target = get_type_hints(cls), getattr(cfg, section)
+        for f in fields(cls):
+            limited = _has_bounds(f.metadata) or f.metadata["choices"] is not None
+            if limited and (section, f.name) not in skip:
+                value = getattr(target, f.name)
+                _require(_within(f, hints[f.name], value), f"{section}.{f.name}", value,
+                         _allowed(f, hints[f.name]))
+
+
+def _json_type(hint: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}[hint]
+
+
+def field_schema(section: str, key: str, *, default: bool = False) -> dict:
+    """The JSON schema of ``section.key``: its type and limits (and, with ``default``, its
+    default), as the pipeline schema states them. Exclusive bounds of integers are written
+    inclusively (``gt=0`` is ``minimum: 1``), as in the schema's ``positive_int``."""
+    f, hint = config_field(section, key), field_hint(section, key)
+    meta, choices = f.metadata, field_choices(f)
+    scalar = get_args(hint)[0] if get_origin(hint) in (list, dict) else _scalar(hint)
+    item: dict = {"enum": list(choices)} if choices else {"type": _json_type(scalar)}
+    integer = scalar is int
+    for name, word in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"),
+                       ("lt", "exclusiveMaximum")):
+        bound = meta[name]
+        if bound is None:
+            continue
+        if integer and name == "gt":
+            item["minimum"] = bound + 1
+        elif integer and name == "lt":
+            item["maximum"] = bound - 1
+        else:
+            item[word] = bound
+    if get_origin(hint) is list:
+        out = {"type": "array", "items": item}
+        if meta["unique"]:
+            out["uniqueItems"] = True
+    elif get_origin(hint) is dict:
+        out = {"type": "object", "additionalProperties": item}
+    elif hint is not scalar:  # nullable
+        out = {**item, "type": [item["type"], "null"]} if "type" in item else \
+            {"enum": [*item["enum"], None]}
+    else:
+        out = item
+    out["description"] = field_help(section, key)
+    if default:
+        out["default"] = field_default(f)
+    return out
 
 
 def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
-    """Check names and ranges; raise :class:`DstError` naming the first bad key."""
+    """Check names and ranges; raise :class:`DstError` naming the first bad key.
+
+    The registries' names come first, then every field's limits (:func:`param`), then the
+    rules that involve more than one key or the stage."""
     from dstcore.data.datasets import DATASETS
     from dstcore.models import MODELS
-    from dstcore.sparsity.pruning import EXCLUDABLE, SCOPES, STRUCTURES
     from dstcore.sparsity.regularizers import methods
 
-    d, m, t, r, p = cfg.data, cfg.model, cfg.train, cfg.reg, cfg.prune
+    d, m, r, p = cfg.data, cfg.model, cfg.reg, cfg.prune
     _require(d.dataset in DATASETS, "data.dataset", d.dataset, f"one of {', '.join(DATASETS)}")
     _require(m.name in MODELS, "model.name", m.name, f"one of {', '.join(MODELS)}")
     _require(r.method in methods(), "reg.method", r.method, f"one of {', '.join(methods())}")
-    for key, value in (("data.train_subset", d.train_subset), ("data.test_subset", d.test_subset)):
-        _require(value is None or value > 0, key, value, "null or an integer > 0")
-    for key, value in (("data.subset_seed", d.subset_seed), ("train.seed", t.seed)):
-        _require(0 <= value <= MAX_SEED, key, value, f"an integer in [0, {MAX_SEED}]")
-    for key, value in (("data.num_workers", d.num_workers), ("train.threads", t.threads)):
-        _require(0 <= value <= MAX_THREADS, key, value, f"an integer in [0, {MAX_THREADS}]")
-    for key, value in (("train.eval_every", t.eval_every),
-                       ("train.warmup_epochs", t.warmup_epochs),
-                       ("prune.l1_epochs", p.l1_epochs), ("prune.finetune_epochs",
-                                                          p.finetune_epochs)):
-        _require(value >= 0, key, value, "an integer >= 0")
-    for key, value in (("data.eval_batch_size", d.eval_batch_size),
-                       ("train.batch_size", t.batch_size)):
-        _require(value > 0, key, value, "an integer > 0")
-    _require(t.epochs >= 1 or stage == "prune", "train.epochs", t.epochs, "an integer >= 1")
-    _require(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer,
-             f"one of {', '.join(OPTIMIZERS)}")
-    _require(t.schedule in SCHEDULES, "train.schedule", t.schedule,
-             f"one of {', '.join(SCHEDULES)}")
-    _require(t.device in DEVICES, "train.device", t.device, f"one of {', '.join(DEVICES)}")
-    _require(t.lr > 0, "train.lr", t.lr, "a number > 0")
-    _require(0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
-    _require(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
-    _require(0 < t.gamma <= 1, "train.gamma", t.gamma, "a number in (0, 1]")
-    _require(all(x >= 1 for x in t.milestones), "train.milestones", t.milestones,
-             "a list of epochs >= 1")
-    _require(t.collapse_factor >= 0, "train.collapse_factor", t.collapse_factor, "a number >= 0")
-    _require(r.lam >= 0, "reg.lam", r.lam, "a number >= 0")
-    _require(r.beta > 0, "reg.beta", r.beta, "a number > 0")
+    # dst prune takes its length from prune.l1_epochs + prune.finetune_epochs: train.epochs unused
+    check_limits(cfg, skip=(("train", "epochs"),) if stage == "prune" else ())
     _require(r.method != "none" or r.lam == 0, "reg.lam", r.lam,
              "0 when reg.method is none (choose l1, hoyer or tl1 for lam > 0)")
-    _require(all(v >= 0 for v in r.layer_weights.values()), "reg.layer_weights",
-             r.layer_weights, "weights >= 0")
-    _require(p.weight_l1 >= 0, "prune.weight_l1", p.weight_l1, "a number >= 0")
-    _require(p.rate is None or 0 <= p.rate < 1, "prune.rate", p.rate, "a number in [0, 1)")
-    _require(p.threshold is None or p.threshold >= 0, "prune.threshold", p.threshold,
-             "a number >= 0")
     if stage == "prune":
         _require(r.method == "none", "reg.method", r.method,
                  "none for dst prune (stage 3 is dst finetune from the pruned model)")
@@ -286,13 +473,6 @@ def validate(cfg: RunConfig, stage: str = "train") -> RunConfig:
                  "exactly one of prune.rate and prune.threshold to be set")
         _require(p.l1_epochs + p.finetune_epochs >= 1, "prune.finetune_epochs",
                  p.finetune_epochs, "at least one epoch in total with prune.l1_epochs")
-    _require(p.scope in SCOPES, "prune.scope", p.scope, f"one of {', '.join(SCOPES)}")
-    _require(all(e in EXCLUDABLE for e in p.exclude) and len(set(p.exclude)) == len(p.exclude),
-             "prune.exclude", p.exclude, f"a list of distinct items from {', '.join(EXCLUDABLE)}")
-    _require(p.structure in STRUCTURES, "prune.structure", p.structure,
-             f"one of {', '.join(STRUCTURES)}")
-    _require(1 <= p.block_out <= MAX_BLOCK_OUT, "prune.block_out", p.block_out,
-             f"an integer in [1, {MAX_BLOCK_OUT}]")
     _require(p.structure == "element" or p.threshold is None, "prune.threshold", p.threshold,
              "null when prune.structure is block (block pruning takes prune.rate)")
     return cfg

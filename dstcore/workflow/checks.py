@@ -1,6 +1,7 @@
-"""Checks and naming for the Snakemake pipeline's config (used by workflow/rules/common.smk).
+"""Checks of the Snakemake pipeline's config (used by workflow/rules/common.smk).
 
-The JSON schema (workflow/schemas/config.schema.yaml) checks types, ranges and names;
+The JSON schema (workflow/schemas/config.schema.yaml, with the registries' names filled in by
+:func:`filled_schema`) checks types, ranges and names;
 :func:`check_experiments` adds what a schema cannot say (unique names, existing folders).
 :func:`schema_error_line` turns a jsonschema error into one line naming key, value, allowed.
 """
@@ -8,9 +9,14 @@ The JSON schema (workflow/schemas/config.schema.yaml) checks types, ranges and n
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
+import yaml
+
 from dstcore import DstError
+from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
+from dstcore.workflow.grid import shape_sweeps
 
 
 def _key_path(path) -> str:
@@ -52,15 +58,64 @@ def schema_error_line(error) -> str:
     return f"{where}: {error.message}"
 
 
+# Pipeline keys that are run-config keys: their type, limits and help (and, for the dual
+# section, default) come from the dataclass fields of dstcore.training.config.
+SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
+                 "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
+                 "collapse_factor", "eval_every")  # the train.* keys a schedule may set
+DATA_KEYS = ("train_subset", "test_subset", "subset_seed", "num_workers", "eval_batch_size",
+             "verify")  # the data.* keys an experiment may set
+DUAL_KEYS = ("weight_l1", "l1_epochs", "finetune_epochs", "scope", "block_out")  # prune.*
+TOP_KEYS = {"data_root": "data", "cache_dir": "data", "download": "data", "device": "train"}
+# Where the pipeline is deliberately stricter than dst: a dual arm always fine-tunes its pruned
+# model (dst prune alone may stop right after pruning, prune.finetune_epochs = 0).
+STRICTER = {("dual", "finetune_epochs"): {"minimum": 1}}
+
+
+def filled_schema(schema: str | Path) -> dict:
+    """The pipeline schema with what dstcore defines filled in: the model and dataset names,
+    one sweep block per registered regulariser, and the keys that are run-config keys
+    (schedules, an experiment's ``data``, the ``dual`` keys of ``prune``, the top-level data and
+    device keys) from :func:`dstcore.training.config.field_schema`."""
+    from dstcore.data.datasets import DATASETS
+    from dstcore.models import MODELS
+    from dstcore.training.config import config_field, field_choices, field_schema
+
+    filled = yaml.safe_load(Path(schema).read_text())
+    props = filled["$defs"]["experiment"]["properties"]
+    props["model"]["enum"] = list(MODELS)
+    props["dataset"]["enum"] = list(DATASETS)
+    props["regularizers"]["properties"] = {
+        name: {"$ref": "#/$defs/shape_sweep" if m.shape_parameter else "#/$defs/sweep"}
+        for name, m in REGISTRY.items()}
+    filled["$defs"]["schedule"]["properties"] = {k: field_schema("train", k)
+                                                 for k in SCHEDULE_KEYS}
+    props["data"]["properties"] = {k: field_schema("data", k) for k in DATA_KEYS}
+    props["seeds"]["items"] = field_schema("train", "seed")
+    dual = props["dual"]["properties"]
+    dual.update({k: {**field_schema("prune", k, default=True), **STRICTER.get(("dual", k), {})}
+                 for k in DUAL_KEYS})
+    dual["structures"]["items"]["enum"] = list(field_choices(config_field("prune", "structure")))
+    dual["block_scope"]["anyOf"][1]["enum"] = list(field_choices(config_field("prune", "scope")))
+    dual["block_exclude"]["items"]["enum"] = list(field_choices(config_field("prune",
+                                                                             "exclude")))
+    filled["properties"].update({k: field_schema(section, k, default=True)
+                                 for k, section in TOP_KEYS.items()})
+    return filled
+
+
 def validate_config(config: dict, schema: str | Path) -> dict:
     """Validate (and fill defaults into) a pipeline config; one-line :class:`DstError` if bad."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    try:
-        validate(config, str(Path(schema).resolve()))
-    except WorkflowError as err:
-        raise DstError(schema_error_line(err.__context__ or err)) from None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(schema).name
+        path.write_text(yaml.safe_dump(filled_schema(schema), sort_keys=False))
+        try:
+            validate(config, str(path))
+        except WorkflowError as err:
+            raise DstError(schema_error_line(err.__context__ or err)) from None
     check_experiments(config)
     return config
 
@@ -77,9 +132,16 @@ def check_experiments(config: dict) -> None:
         raise DstError(f"config.data_root: {root!r} is not an existing directory")
     for i, exp in enumerate(config["experiments"]):
         dual = exp.get("dual")
-        if dual and dual.get("l1_epochs", 1) + dual.get("finetune_epochs", 2) < 1:
+        if dual and dual["l1_epochs"] + dual["finetune_epochs"] < 1:  # defaults: the schema
             raise DstError(f"config.experiments[{i}].dual: needs at least one epoch")
-        _check_tl1(exp.get("regularizers", {}).get("tl1"), f"config.experiments[{i}]", dual)
+        for method, spec in exp.get("regularizers", {}).items():
+            if REGISTRY[method].shape_parameter:
+                _check_shape_sweeps(spec, f"config.experiments[{i}].regularizers.{method}")
+        if dual and PROPOSED not in exp.get("regularizers", {}) and "auto" in (
+                dual.get("tl1_beta"), dual.get("tl1_lams")):
+            raise DstError(f"config.experiments[{i}].dual: tl1_beta/tl1_lams 'auto' choose from "
+                           f"the TL1 sweeps, but the experiment has no regularizers.{PROPOSED}; "
+                           f"give numbers instead")
         if not exp.get("regularizers") and not dual:
             continue
         if (exp.get("regularizers") or dual) and "finetune" not in exp:
@@ -88,64 +150,15 @@ def check_experiments(config: dict) -> None:
                            f"control share)")
 
 
-def _check_tl1(spec: dict | None, where: str, dual: dict | None) -> None:
-    """TL1 takes ``lams`` (with ``betas``) or ``sweeps``, not both; β values are unique;
-    stage 3's automatic β and λ need a TL1 sweep to choose from."""
-    if spec is not None:
-        has_sweeps, has_grid = "sweeps" in spec, "lams" in spec or "betas" in spec
-        if has_sweeps == has_grid:
-            raise DstError(f"{where}.regularizers.tl1: give either lams (with betas) or sweeps "
-                           f"(a list of {{beta, lams}}), not {'both' if has_sweeps else 'neither'}")
-        if has_grid and "lams" not in spec:
-            raise DstError(f"{where}.regularizers.tl1: betas given without lams")
-        betas = [b for b, _ in tl1_sweeps(spec)]
-        if len(set(betas)) != len(betas):
-            raise DstError(f"{where}.regularizers.tl1: β values {betas} repeat; give each β once")
-    if dual and spec is None and "auto" in (dual.get("tl1_beta"), dual.get("tl1_lams")):
-        raise DstError(f"{where}.dual: tl1_beta/tl1_lams 'auto' choose from the TL1 sweeps, but "
-                       f"the experiment has no regularizers.tl1; give numbers instead")
-
-
-def fmt(value: float) -> str:
-    """Canonical text of a number in paths and tags (``1e-05``, ``0.001``, ``0.9``)."""
-    return f"{float(value):g}"
-
-
-def prune_structures(dual: dict) -> list[str]:
-    """Labels of the weight-pruning structures of a ``dual`` section, as in runs.csv's
-    ``prune_structure``: ``element`` (unstructured) and ``block{block_out}`` (e.g. block16)."""
-    return [s if s == "element" else f"{s}{dual.get('block_out', 16)}"
-            for s in dual.get("structures", ["element"])]
-
-
-def structure_prefix(label: str) -> str:
-    """The path prefix of a structure label before ``prune{rate}``: none for element runs (their
-    paths predate block pruning), ``block16-`` for block16."""
-    return "" if label == "element" else f"{label}-"
-
-
-def structure_of_prefix(prefix: str) -> tuple[str, int | None]:
-    """(prune.structure, prune.block_out) of a path prefix: ``""`` -> element, ``block16-`` ->
-    (block, 16)."""
-    if not prefix:
-        return "element", None
-    return "block", int(prefix.removeprefix("block").removesuffix("-"))
-
-
-def tl1_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
-    """(β, λ values) of each TL1 sweep of a ``regularizers.tl1`` block: its ``sweeps`` entries
-    (one λ grid per β), or every β of ``betas`` (default [1.0]) with the shared ``lams``."""
-    if "sweeps" in spec:
-        return [(float(s["beta"]), list(s["lams"])) for s in spec["sweeps"]]
-    return [(float(beta), list(spec["lams"])) for beta in spec.get("betas", [1.0])]
-
-
-def regularizer_sweeps(exp: dict) -> list[tuple[str, float | None, list[float]]]:
-    """(method, β or None, λ values) of every activation-regulariser sweep of an experiment."""
-    out = []
-    for method, spec in exp.get("regularizers", {}).items():
-        if method == "tl1":
-            out += [("tl1", beta, lams) for beta, lams in tl1_sweeps(spec)]
-        else:
-            out.append((method, None, list(spec["lams"])))
-    return out
+def _check_shape_sweeps(spec: dict, where: str) -> None:
+    """A shape-parameter method (TL1) takes ``lams`` (with ``betas``) or ``sweeps``, not both;
+    its β values are unique."""
+    has_sweeps, has_grid = "sweeps" in spec, "lams" in spec or "betas" in spec
+    if has_sweeps == has_grid:
+        raise DstError(f"{where}: give either lams (with betas) or sweeps "
+                       f"(a list of {{beta, lams}}), not {'both' if has_sweeps else 'neither'}")
+    if has_grid and "lams" not in spec:
+        raise DstError(f"{where}: betas given without lams")
+    betas = [b for b, _ in shape_sweeps(spec)]
+    if len(set(betas)) != len(betas):
+        raise DstError(f"{where}: β values {betas} repeat; give each β once")

@@ -25,7 +25,7 @@ all: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest -x -q
+	$(BIN)/pytest -x -q --durations=12
 
 # Generated bad input (tests/test_fuzz.py) with a larger budget than make test's 500 per kind.
 FUZZ_EXAMPLES ?= 5000

@@ -275,9 +275,11 @@ PATH_TEMPLATES = {
 
 
 def rule_output(kind: RunKind, name: str, root: str = "", folder: str = "") -> str:
-    """A rule's file pattern for runs of ``kind``: ``{root}/{folder}/{run template}{name}``
-    where ``name`` is ``/model.pt`` (a file in the run directory) or ``.log`` (named after it)."""
-    return "/".join(filter(None, [root, folder, PATH_TEMPLATES[kind]])) + name
+    """A rule's file pattern for runs of ``kind`` under ``{root}/{folder}``: ``name`` is a file
+    in the run directory (``model.pt``) or, starting with a dot, a suffix of a file named after
+    it (``.log``)."""
+    path = "/".join(filter(None, [root, folder, PATH_TEMPLATES[kind]]))
+    return path + name if name.startswith(".") else f"{path}/{name}"
 
 
 IDENTITY_COLUMNS = [f.name for f in fields(RunSpec)]

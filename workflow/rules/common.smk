@@ -73,7 +73,7 @@ def run_dir(spec):
 
 def run_file(kind, name, folder=""):
     """A rule's output pattern for runs of ``kind`` (dstcore.core.runs.PATH_TEMPLATES): ``name``
-    is a file in the run directory (``/model.pt``) or a suffix (``.log`` under ``folder``)."""
+    is a file in the run directory (``model.pt``) or a suffix (``.log`` under ``folder``)."""
     return rule_output(kind, name, RESULTS, folder)
 
 

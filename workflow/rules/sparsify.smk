@@ -13,9 +13,9 @@ rule prune_weights:
         data=prepared_data,
         parent=baseline_model,
     output:
-        model=run_file(RunKind.PRUNED, "/model.pt"),
-        summary=run_file(RunKind.PRUNED, "/train.json"),
-        metrics=run_file(RunKind.PRUNED, "/metrics.json"),
+        model=run_file(RunKind.PRUNED, "model.pt"),
+        summary=run_file(RunKind.PRUNED, "train.json"),
+        metrics=run_file(RunKind.PRUNED, "metrics.json"),
     log:
         run_file(RunKind.PRUNED, ".log", "logs"),
     benchmark:
@@ -62,9 +62,9 @@ rule dual_control:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=run_file(RunKind.DUAL_CONTROL, "/model.pt"),
-        summary=run_file(RunKind.DUAL_CONTROL, "/train.json"),
-        metrics=run_file(RunKind.DUAL_CONTROL, "/metrics.json"),
+        model=run_file(RunKind.DUAL_CONTROL, "model.pt"),
+        summary=run_file(RunKind.DUAL_CONTROL, "train.json"),
+        metrics=run_file(RunKind.DUAL_CONTROL, "metrics.json"),
     log:
         run_file(RunKind.DUAL_CONTROL, ".log", "logs"),
     benchmark:
@@ -89,9 +89,9 @@ rule dual_tl1:
         data=prepared_data,
         parent=stage2_model,
     output:
-        model=run_file(RunKind.DUAL, "/model.pt"),
-        summary=run_file(RunKind.DUAL, "/train.json"),
-        metrics=run_file(RunKind.DUAL, "/metrics.json"),
+        model=run_file(RunKind.DUAL, "model.pt"),
+        summary=run_file(RunKind.DUAL, "train.json"),
+        metrics=run_file(RunKind.DUAL, "metrics.json"),
     log:
         run_file(RunKind.DUAL, ".log", "logs"),
     benchmark:

@@ -10,9 +10,9 @@ rule train_baseline:
     input:
         data=prepared_data,
     output:
-        model=run_file(RunKind.BASELINE, "/model.pt"),
-        summary=run_file(RunKind.BASELINE, "/train.json"),
-        metrics=run_file(RunKind.BASELINE, "/metrics.json"),
+        model=run_file(RunKind.BASELINE, "model.pt"),
+        summary=run_file(RunKind.BASELINE, "train.json"),
+        metrics=run_file(RunKind.BASELINE, "metrics.json"),
     log:
         run_file(RunKind.BASELINE, ".log", "logs"),
     benchmark:
@@ -36,9 +36,9 @@ rule finetune_actreg:
         data=prepared_data,
         parent=baseline_model,
     output:
-        model=run_file(RunKind.ACTREG, "/model.pt"),
-        summary=run_file(RunKind.ACTREG, "/train.json"),
-        metrics=run_file(RunKind.ACTREG, "/metrics.json"),
+        model=run_file(RunKind.ACTREG, "model.pt"),
+        summary=run_file(RunKind.ACTREG, "train.json"),
+        metrics=run_file(RunKind.ACTREG, "metrics.json"),
     log:
         run_file(RunKind.ACTREG, ".log", "logs"),
     benchmark:

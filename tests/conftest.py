@@ -65,7 +65,8 @@ def smoke(tmp_path_factory, data_root):
     results = Path(keep) if keep else tmp / "results"
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "smoke.yaml"
-    cfg.write_text(yaml.safe_dump(smoke_config(results)))
+    # keys in config/smoke.yaml's order: layers.csv lists runs in the order of the grid
+    cfg.write_text(yaml.safe_dump(smoke_config(results), sort_keys=False))
     proc = snakemake("all", "--cores", "2", "--configfile", str(cfg))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return results, cfg

@@ -125,7 +125,7 @@ def test_adding_a_lambda_runs_only_the_new_jobs(smoke, tmp_path):
     config = yaml.safe_load(cfg.read_text())
     config["experiments"][0]["regularizers"]["hoyer"]["lams"].append(3.0e-3)
     more = tmp_path / "more.yaml"
-    more.write_text(yaml.safe_dump(config))
+    more.write_text(yaml.safe_dump(config, sort_keys=False))  # the smoke run's key order
     proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(more))
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)
@@ -141,7 +141,7 @@ def test_adding_a_tl1_lambda_redoes_the_stage_3_choice(smoke, tmp_path):
     config = yaml.safe_load(cfg.read_text())
     config["experiments"][0]["regularizers"]["tl1"]["sweeps"][0]["lams"].append(3.0e-3)
     more = tmp_path / "more_tl1.yaml"
-    more.write_text(yaml.safe_dump(config))
+    more.write_text(yaml.safe_dump(config, sort_keys=False))  # the smoke run's key order
     proc = snakemake("all", "-n", "--cores", "2", "--configfile", str(more))
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)

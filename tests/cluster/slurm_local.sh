@@ -221,10 +221,7 @@ read -r CTLD_PORT SLURMD_PORT < <(free_ports)
 CLUSTER="dsttest$(date +%s | tail -c 6)$$"
 HOST="$(hostname -s)"
 NODE="dstnode$$"
-# Twice as many CPUs as the machine has: the smoke jobs take seconds and the plugin polls
-# every 2 s, backing off by 10 s, so two jobs at a time leave the node idle most of the time.
-# Results do not depend on how many jobs run at once (test_parallel_run_equals_serial_run).
-CPUS="$(( 2 * $(nproc) ))"
+CPUS="$(nproc)"
 MEM="$(free -m | awk '/^Mem:/ {print $2}')"
 # The smoke jobs ask for up to 4000 MB; memory is not a consumable here (CR_CPU) and the node
 # configuration overrides the detected hardware, so a small machine can still schedule them.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
 
 from dstcore import DstError
@@ -282,7 +282,6 @@ def rule_output(kind: RunKind, name: str, root: str = "", folder: str = "") -> s
     return path + name if name.startswith(".") else f"{path}/{name}"
 
 
-IDENTITY_COLUMNS = [f.name for f in fields(RunSpec)]
 TAG_KEYS = ("experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure")
 _NUM = r"[0-9][0-9.e+-]*"
 _PATH = re.compile(

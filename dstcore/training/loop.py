@@ -30,7 +30,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dstcore.data.datasets import DataBundle, load_dataset, make_loader
-from dstcore.measure.metrics import evaluate, full_metrics  # called from callbacks (patch there)
 from dstcore.sparsity.pruning import weight_l1
 from dstcore.sparsity.regularizers import ActivationPenalty
 from dstcore.training.callbacks import (
@@ -52,8 +51,8 @@ from dstcore.training.session import Session, check_run, finish, open_session
 from dstcore.training.stages import STAGES, Stage
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_REJECTED", "STAGES", "EpochStats", "Session",
-           "configure_runtime", "epoch_seed", "evaluate", "evaluation_due", "finish",
-           "full_metrics", "lr_at", "make_optimizer", "resolve_device", "run", "start_session",
+           "configure_runtime", "epoch_seed", "evaluation_due", "finish",
+           "lr_at", "make_optimizer", "resolve_device", "run", "start_session",
            "train_epochs", "train_one_epoch"]
 
 

@@ -13,14 +13,17 @@ import yaml
 from bs4 import BeautifulSoup
 
 from dstcore import DstError
+from dstcore.report.html import decimals, interval_text, signed_interval_text
 from dstcore.report.render import render
 from tests.conftest import ROOT
 
 
 def html_table(soup: BeautifulSoup, table_id: str) -> pd.DataFrame:
+    """A table of the report by id, its columns named as the table's data-column attributes
+    (the CSV's column names; an interval cell ``mean [low, high]`` is named by its stem)."""
     table = soup.find("table", id=table_id)
     assert table is not None, f"table {table_id} missing from the HTML"
-    head = [th.get_text(strip=True) for th in table.find("thead").find_all("th")]
+    head = [th["data-column"] for th in table.find("thead").find_all("th")]
     rows = [[td.get_text(strip=True) for td in tr.find_all("td")]
             for tr in table.find("tbody").find_all("tr")]
     return pd.DataFrame(rows, columns=head)
@@ -54,31 +57,50 @@ def recompute_best(runs: pd.DataFrame, tolerance: float) -> dict:
     return out
 
 
+def shows(cells: pd.Series, csv: pd.DataFrame, stem: str) -> None:
+    """The HTML cells of an interval column are the CSV's mean and bounds, rounded as the
+    report states (two significant digits of the half-width)."""
+    mean = next(c for c in (f"{stem}_mean", f"{stem}_pp", f"{stem}_pct") if c in csv)
+    expected = [interval_text(m, lo, hi) for m, lo, hi in
+                zip(csv[mean], csv[f"{stem}_ci_low"], csv[f"{stem}_ci_high"], strict=True)]
+    assert list(cells) == expected, stem
+
+
+def test_interval_text_keeps_two_significant_digits_of_the_half_width():
+    assert interval_text(18.2245, -57.67, 94.12) == "18 [-58, 94]"  # half-width 75.9
+    assert interval_text(73.3989, 71.4799, 75.3179) == "73.4 [71.5, 75.3]"  # 1.92
+    assert interval_text(0.12345, 0.1, 0.15) == "0.123 [0.100, 0.150]"  # 0.025: capped at 3
+    assert interval_text(89.9, 89.9, 89.9) == "89.9 [89.9, 89.9]"  # no spread: 1 decimal
+    assert interval_text(42.0, math.nan, math.nan) == "42.0"  # one seed: no interval
+    assert interval_text(math.nan, math.nan, math.nan) == ""
+    assert signed_interval_text(2.94, -0.07, 5.94) == "+2.9 [-0.1, 5.9]"
+    assert decimals(9.99) == 1 and decimals(10.0) == 0 and decimals(0.1) == 2
+
+
 def test_activation_table_matches_recomputation(rendered):
     _, config, soup, runs = rendered
-    shown = html_table(soup, "activation-sparsity")
+    csv = pd.read_csv(rendered[0] / "tables/activation_sparsity.csv")
     expected = recompute_best(runs, config["report"]["tolerance_pp"])
     assert len(expected) > 3
     for (exp, method, beta), (lam, top1, sparsity) in expected.items():
-        row = shown[(shown.experiment == exp) & (shown.method == method)]
+        row = csv[(csv.experiment == exp) & (csv.method == method)]
         if beta is not None:
-            row = row[row.beta.astype(float) == beta]
+            row = row[row.beta == beta]
         assert len(row) == 1, (exp, method, beta)
         row = row.iloc[0]
-        assert float(row.top1_mean) == pytest.approx(top1, abs=0.006)
-        assert float(row.sparsity_mean) == pytest.approx(sparsity, abs=0.006)
+        assert row.top1_mean == pytest.approx(top1, abs=1e-6)
+        assert row.sparsity_mean == pytest.approx(sparsity, abs=1e-6)
         if lam is not None:
-            assert float(row.lam) == pytest.approx(lam)
+            assert row.lam == pytest.approx(lam)
             base_sparsity = expected[(exp, "baseline", None)][2]
-            assert float(row.gain_vs_baseline_pp) == pytest.approx(sparsity - base_sparsity,
-                                                                   abs=0.011)
-            assert float(row.gain_vs_baseline_ci_low) <= float(row.gain_vs_baseline_pp)
-            assert float(row.sparsity_ci_low) <= sparsity <= float(row.sparsity_ci_high)
-    csv = pd.read_csv(rendered[0] / "tables/activation_sparsity.csv")
+            assert row.gain_vs_baseline_pp == pytest.approx(sparsity - base_sparsity, abs=1e-6)
+            assert row.gain_vs_baseline_ci_low <= row.gain_vs_baseline_pp
+            assert row.sparsity_ci_low <= sparsity <= row.sparsity_ci_high
+    shown = html_table(soup, "activation-sparsity")
     assert len(csv) == len(shown)
-    for col in ("top1_ci_low", "top1_ci_high", "sparsity_ci_low", "sparsity_ci_high",
-                "gain_vs_control_ci_low", "gain_vs_best_other_ci_high"):
-        assert col in csv.columns
+    for stem in ("top1", "sparsity", "gain_vs_baseline", "gain_vs_control", "gain_vs_best_other"):
+        shows(shown[stem], csv, stem)
+    assert list(shown.lam) == ["" if pd.isna(v) else f"{v:g}" for v in csv.lam]
 
 
 def polyline_frontier(points: pd.DataFrame, target: float) -> float:
@@ -99,6 +121,12 @@ def test_frontier_table_matches_recomputation(rendered):
     results, config, soup, runs = rendered
     frontier = pd.read_csv(results / "tables/frontier.csv")
     assert len(html_table(soup, "frontier")) == len(frontier)
+    shows(html_table(soup, "frontier").sparsity, frontier, "sparsity")
+    pivot = html_table(soup, "frontier-pivot")
+    for r in frontier[frontier.bracketed].itertuples():  # every bracketed value is in the pivot
+        cell = interval_text(r.sparsity_mean, r.sparsity_ci_low, r.sparsity_ci_high)
+        column = pivot[f"{r.accuracy_drop_pp:g} pp"][pivot.experiment == r.experiment]
+        assert (cell + (" ★" if r.best_beta else "")) in set(column), r
     done = runs[runs.status == "completed"]
     checked = 0
     for r in frontier.itertuples():
@@ -122,26 +150,28 @@ def test_frontier_table_matches_recomputation(rendered):
 
 def test_dual_table_matches_recomputation(rendered):
     results, _, soup, runs = rendered
-    shown = html_table(soup, "dual-sparse")
+    shown = pd.read_csv(results / "tables/dual_sparse.csv")
+    html = html_table(soup, "dual-sparse")
+    assert len(html) == len(shown)
+    shows(html.mac_reduction, shown, "mac_reduction")
+    assert list(html.effective_macs) == [f"{v:,.0f}" for v in shown.effective_macs]
     dual = runs[(runs.kind == "dual") & (runs.status == "completed")]
     configs = dual.groupby(["prune_structure", "lam", "beta"])
     shown_dual = shown[shown.kind == "dual"]
     assert len(shown_dual) == configs.ngroups
     assert list(dict.fromkeys(shown_dual.prune_structure)) == ["element", "block16"]
     for (structure, lam, beta), seeds in configs:
-        row = shown_dual[(shown_dual.prune_structure == structure)
-                         & (shown_dual.lam.astype(float) == lam)
-                         & (shown_dual.beta.astype(float) == beta)].iloc[0]
+        row = shown_dual[(shown_dual.prune_structure == structure) & (shown_dual.lam == lam)
+                         & (shown_dual.beta == beta)].iloc[0]
         assert int(row.seeds) == len(seeds) == 2
-        assert float(row.effective_macs) == pytest.approx(seeds.effective_macs.mean(), abs=0.5)
+        assert row.effective_macs == pytest.approx(seeds.effective_macs.mean(), abs=1e-6)
         reduction = 100 * (1 - seeds.effective_macs / seeds.dense_macs)
-        assert float(row.mac_reduction_pct) == pytest.approx(reduction.mean(), abs=0.006)
+        assert row.mac_reduction_pct == pytest.approx(reduction.mean(), abs=1e-6)
         # two seeds: mean +- t(0.975, 1) * s / sqrt(2)
         half = 12.706205 * reduction.std(ddof=1) / math.sqrt(2)
-        assert float(row.mac_reduction_ci_high) == pytest.approx(reduction.mean() + half,
-                                                                 abs=0.006)
-        assert float(row.weight_sparsity_mean) == pytest.approx(
-            100 * seeds.weight_sparsity.mean(), abs=0.006)
+        assert row.mac_reduction_ci_high == pytest.approx(reduction.mean() + half, abs=1e-4)
+        assert row.weight_sparsity_mean == pytest.approx(100 * seeds.weight_sparsity.mean(),
+                                                         abs=1e-6)
 
 
 def test_paper_vs_reproduced_has_every_claim_in_both_readings(rendered):
@@ -150,7 +180,10 @@ def test_paper_vs_reproduced_has_every_claim_in_both_readings(rendered):
     csv = pd.read_csv(results / "tables/paper_vs_reproduced.csv")
     assert list(csv.columns[:9]) == ["claim", "paper_value", "reading", "reference",
                                      "reproduced_mean", "ci_low", "ci_high", "seeds", "status"]
-    assert len(shown) == len(csv)
+    assert len(shown) == (csv.status != "not run").sum()  # claims not run: a note below
+    assert set(shown.status) == {f"{s}" for s in csv.status[csv.status != "not run"]}
+    assert "Not run (no rows above): Activation sparsity gain of TL1, ResNet18 / ImageNet" in \
+        soup.get_text()
     lenet = csv[csv.claim == "Activation sparsity gain of TL1, LeNet5 / MNIST"]
     assert set(zip(lenet.reading, lenet.reference, strict=True)) == {
         ("points", "baseline"), ("points", "control"), ("relative", "baseline"),
@@ -184,8 +217,9 @@ def test_diverged_run_is_listed_not_plotted(rendered):
 
 def test_dual_structures_table_puts_block_next_to_element(rendered):
     results, config, soup, runs = rendered
-    shown = html_table(soup, "dual-structures")
-    assert list(shown.prune_structure) == ["element", "block16"]  # lenet5_mnist
+    assert list(html_table(soup, "dual-structures").prune_structure) == ["element", "block16"]
+    shown = pd.read_csv(results / "tables/dual_structures.csv")
+    shows(html_table(soup, "dual-structures").top1, shown, "top1")
     tolerance = config["report"]["tolerance_pp"]
     done = runs[(runs.status == "completed") & (runs.experiment == "lenet5_mnist")]
     base_top1 = 100 * done[done.kind == "baseline"].top1.mean()
@@ -196,11 +230,10 @@ def test_dual_structures_table_puts_block_next_to_element(rendered):
         means[["top1", "activation_sparsity", "weight_sparsity"]] *= 100
         within = means[means.top1 >= base_top1 - tolerance - 1e-9]
         best = (within if len(within) else means).sort_values("mac_reduction_pct").iloc[-1]
-        assert float(row.top1_mean) == pytest.approx(best.top1, abs=0.006)
-        assert float(row.sparsity_mean) == pytest.approx(best.activation_sparsity, abs=0.006)
-        assert float(row.weight_sparsity_mean) == pytest.approx(best.weight_sparsity, abs=0.006)
-        assert float(row.mac_reduction_pct) == pytest.approx(best.mac_reduction_pct, abs=0.006)
-    assert len(pd.read_csv(results / "tables/dual_structures.csv")) == len(shown)
+        assert row.top1_mean == pytest.approx(best.top1, abs=1e-6)
+        assert row.sparsity_mean == pytest.approx(best.activation_sparsity, abs=1e-6)
+        assert row.weight_sparsity_mean == pytest.approx(best.weight_sparsity, abs=1e-6)
+        assert row.mac_reduction_pct == pytest.approx(best.mac_reduction_pct, abs=1e-6)
 
 
 def test_every_figure_is_in_the_html_and_on_disk(rendered):
@@ -213,7 +246,7 @@ def test_every_figure_is_in_the_html_and_on_disk(rendered):
         if exp.get("dual"):
             stems.append(f"{exp['name']}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
-            stems.append(f"{exp['name']}_latency")
+            stems += [f"{exp['name']}_latency_vs_ort", f"{exp['name']}_latency"]
     images = soup.find_all("img")
     assert len(images) == len(stems)
     text = soup.get_text()

@@ -43,7 +43,25 @@ MAC_CLAIMS = [  # (claim, model, paper value): 1 - effective / dense multiplicat
 READINGS = ("points", "relative")
 REFERENCES = (RunKind.BASELINE, RunKind.CONTROL)  # the runs a gain is taken against
 CLAIM_COLUMNS = ["claim", "paper_value", "reading", "reference", "reproduced_mean", "ci_low",
-                 "ci_high", "seeds", "status", "experiment", "computed_as"]
+                 "ci_high", "seeds", "status", "experiment", "computed_as", "rule", "detail"]
+# How each kind of row is computed (``rule`` of a row; ``{drop}``: the accuracy tolerance in pp,
+# ``{name}``: the proposed method). A row's ``detail`` holds what is particular to it, and its
+# ``computed_as`` both, for readers of the CSV.
+CLAIM_RULES = {
+    "gain": "{name}'s frontier sparsity (its best β) at top-1 {drop:g} pp below the baseline's "
+            "mean, minus the reference's sparsity, per seed: in points (pp), or relative "
+            "(divided by the reference's sparsity, × 100, in %); 95% t interval over seeds. "
+            "Reproduced when the interval contains the paper's value or lies above it.",
+    "most": "The median over experiments of the mean {name} gain (as in the gain rule); "
+            "reproduced when more than half the experiments reproduce the paper's value.",
+    "macs": "1 − effective / dense multiplications per image of the dual sparse model with "
+            "unstructured pruning that has the largest mean reduction among those whose mean "
+            "top-1 is within {drop:g} pp of the baseline's; 95% t interval over seeds.",
+    "ordering": "{name} (its best β) minus the best other method (by mean) frontier sparsity at "
+                "{drop:g} pp below the baseline, paired by seed: holds when the 95% t interval "
+                "lies above 0, does not hold below 0, undecided when it spans 0.",
+    "not run": "The configuration has no experiment with the claim's model and dataset.",
+}
 
 
 def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
@@ -53,7 +71,8 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
     Gains are TL1's frontier sparsity at ``tolerance_pp`` below the baseline's mean top-1 (best
     β) minus the reference's sparsity, per seed: ``points`` in pp, ``relative`` as gain /
     reference sparsity × 100. ``status`` follows :func:`dstcore.analysis.stats.claim_status`; the
-    ordering rows follow :func:`dstcore.analysis.stats.ordering_status`.
+    ordering rows follow :func:`dstcore.analysis.stats.ordering_status`. ``rule`` names the
+    :data:`CLAIM_RULES` entry a row is computed by, ``detail`` what is particular to the row.
     """
     frontier = frontier_table(runs, (tolerance_pp,)) if frontier is None else frontier
     models = runs.groupby("experiment")[["model", "dataset"]].first()
@@ -64,7 +83,7 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
         exps = [e for e in proposed_exps if tuple(models.loc[e]) == (model, dataset)]
         for reading, reference in product(READINGS, REFERENCES):
             row = {"claim": claim, "paper_value": value, "reading": reading,
-                   "reference": str(reference), "status": "not run"}
+                   "reference": str(reference), **_not_run(model, dataset)}
             if exps:
                 row.update(_gain_claim(runs, frontier, exps[0], tolerance_pp, reading,
                                        reference, value))
@@ -73,7 +92,21 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
     rows += _mac_claims(runs, models, tolerance_pp)
     compared = [e for e in proposed_exps if (methods[e] != PROPOSED).any()]
     rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in compared]
-    return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    table["computed_as"] = [_computed_as(r.rule, r.detail, tolerance_pp)
+                            for r in table.itertuples()]
+    return table
+
+
+def _computed_as(rule: str, detail: str, drop: float) -> str:
+    text = CLAIM_RULES[rule].format(name=method_label(PROPOSED), drop=drop)
+    return f"{text} Here: {detail}." if detail else text
+
+
+def _not_run(model: str, dataset: str | None = None) -> dict:
+    what = f"{model} / {dataset}" if dataset else model
+    return {"status": "not run", "rule": "not run",
+            "detail": f"no {what} experiment in this configuration"}
 
 
 def tl1_gains(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str, drop: float,
@@ -90,28 +123,16 @@ def tl1_gains(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str, drop:
     return (relative(gain, ref) if reading == "relative" else gain), best.beta
 
 
-def _reading_text(reading: str, reference: str) -> str:
-    what = ("the dense baseline's" if reference == RunKind.BASELINE
-            else "the λ = 0 fine-tune control's")
-    name = method_label(PROPOSED)
-    if reading == "points":
-        return f"{name} sparsity minus {what} sparsity, in percentage points"
-    return f"({name} sparsity minus {what}) / {what} sparsity × 100, in percent"
-
-
 def _gain_claim(runs, frontier, experiment, drop, reading, reference, value) -> dict:
     found = tl1_gains(runs, frontier, experiment, drop, reading, reference)
-    name = method_label(PROPOSED)
-    where = f"{name} frontier (best β) at top-1 {drop:g} pp below the baseline's mean"
     if found is None:
-        return {"experiment": experiment, "status": "not bracketed",
-                "computed_as": f"{where}: the {name} λ grid does not bracket that accuracy"}
+        return {"experiment": experiment, "status": "not bracketed", "rule": "gain",
+                "detail": f"the {method_label(PROPOSED)} λ grid does not bracket that accuracy"}
     gains, beta = found
     ci = t_interval(gains.values())
     return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
             "ci_high": ci.high, "seeds": ci.n, "status": claim_status(value, ci),
-            "computed_as": f"{where} (β = {beta:g}); {_reading_text(reading, reference)}; "
-                           f"per seed, 95% t interval over seeds"}
+            "rule": "gain", "detail": f"β = {beta:g}"}
 
 
 def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
@@ -119,7 +140,8 @@ def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
     rows = []
     for reading, reference in product(READINGS, REFERENCES):
         row = {"claim": claim, "paper_value": value, "reading": reading,
-               "reference": str(reference), "status": "not run"}
+               "reference": str(reference), "status": "not run", "rule": "not run",
+               "detail": f"no experiment compares {method_label(PROPOSED)} with a baseline"}
         parts, means, statuses, seeds = [], [], [], []
         for exp in experiments:
             found = tl1_gains(runs, frontier, exp, drop, reading, reference)
@@ -131,18 +153,14 @@ def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
             means.append(ci.mean)
             seeds.append(ci.n)
             statuses.append(claim_status(value, ci))
-            parts.append(f"{exp}: {ci.mean:.2f} [{ci.low:.2f}, {ci.high:.2f}] {statuses[-1]}")
+            parts.append(f"{exp} {statuses[-1]}")
         if experiments:
             n_ok = statuses.count("reproduced")
             row.update(reproduced_mean=float(np.median(means)) if means else math.nan,
                        seeds=min(seeds) if seeds else 0, experiment=", ".join(experiments),
                        status="reproduced" if n_ok > len(experiments) / 2 else "not reproduced",
-                       computed_as=f"median over experiments of the mean {method_label(PROPOSED)} "
-                                   f"gain (frontier at {drop:g} pp, "
-                                   f"{_reading_text(reading, reference)}); "
-                                   f"reproduced when more than half the experiments reproduce "
-                                   f"{value:g} ({n_ok} of {len(experiments)}): "
-                                   + "; ".join(parts))
+                       rule="most", detail=f"{n_ok} of {len(experiments)} reproduce: "
+                                           + ", ".join(parts))
         rows.append(row)
     return rows
 
@@ -155,7 +173,7 @@ def _mac_claims(runs: pd.DataFrame, models: pd.DataFrame, drop: float) -> list[d
     rows = []
     common = {"reading": "relative", "reference": RunKind.BASELINE.value}
     for claim, model, value in MAC_CLAIMS:
-        row = {"claim": claim, "paper_value": value, **common, "status": "not run"}
+        row = {"claim": claim, "paper_value": value, **common, **_not_run(model)}
         exps = [e for e in dual_exps if models.loc[e, "model"] == model]
         if exps:
             row.update(_mac_claim(runs, exps[0], drop, value))
@@ -185,12 +203,9 @@ def _mac_claim(runs: pd.DataFrame, experiment: str, drop: float, value: float) -
                   int(best.seeds))
     return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
             "ci_high": ci.high, "seeds": ci.n,
-            "status": claim_status(value, ci) if within else "not reproduced",
-            "computed_as": f"1 − effective / dense multiplications per image of the dual sparse "
-                           f"model with unstructured pruning (prune rate {best.prune_rate:g}, "
-                           f"{method_label(PROPOSED)} λ = {best.lam:g}, β = "
-                           f"{best.beta:g}) with the largest mean reduction whose mean top-1 is "
-                           f"within {drop:g} pp of the baseline's{note}"}
+            "status": claim_status(value, ci) if within else "not reproduced", "rule": "macs",
+            "detail": f"prune rate {best.prune_rate:g}, {method_label(PROPOSED)} "
+                      f"λ = {best.lam:g}, β = {best.beta:g}{note}"}
 
 
 def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
@@ -199,14 +214,12 @@ def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
     name = method_label(PROPOSED)
     row = {"claim": f"{name} gives the sparsest activations at matched accuracy ({drop:g} pp "
                     f"below the baseline)", "paper_value": math.nan, "reading": "points",
-           "reference": "best other method", "experiment": experiment}
+           "reference": "best other method", "experiment": experiment, "rule": "ordering"}
     if found["interval"] is None:
         return {**row, "status": "undecided",
-                "computed_as": "a frontier is not bracketed at that accuracy: no comparison"}
+                "detail": "a frontier is not bracketed at that accuracy: no comparison"}
     ci = found["interval"]
     return {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
             "seeds": ci.n, "status": ordering_status(ci),
-            "computed_as": f"{name} (β = {found['tl1_beta']:g}, the best β by mean) minus "
-                           f"{method_label(found['other'])} (the best other method by mean) "
-                           f"frontier sparsity, paired by seed; holds when the 95% t interval "
-                           f"lies above 0, does not hold below 0, undecided when it spans 0"}
+            "detail": f"{name} β = {found['tl1_beta']:g} minus "
+                      f"{method_label(found['other'])}"}

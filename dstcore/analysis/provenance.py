@@ -67,8 +67,9 @@ def how_made(runs: pd.DataFrame, config_files: list[str], command: str) -> str:
     def values(column: str) -> str:
         return ", ".join(distinct(runs, column)) or "not recorded"
 
-    configs = [f"`{f}` (sha256 {hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12]})"
-               if Path(f).is_file() else f"`{f}` (not found)" for f in config_files]
+    configs = [f"`{shown_path(f)}` (sha256 {hashlib.sha256(Path(f).read_bytes()).hexdigest()[:12]})"
+               if Path(f).is_file() else f"`{shown_path(f)}` (not found)"
+               for f in dict.fromkeys(str(Path(f).resolve()) for f in config_files)]
     seeds = runs[runs.kind == RunKind.BASELINE].groupby("experiment").seed.unique()
     dirty = _dirty(runs)
     lines = [
@@ -87,6 +88,16 @@ def how_made(runs: pd.DataFrame, config_files: list[str], command: str) -> str:
         f"GPU {', '.join(distinct(runs, 'gpu')) or 'none'}, host {values('host')}",
     ]
     return "\n".join(lines)
+
+
+def shown_path(path: str | Path, project: str | Path | None = None) -> str:
+    """``path`` as a reader wants it: relative to the project folder (the working directory by
+    default) when inside it, with the home folder as ``~`` when inside that, else absolute."""
+    resolved = Path(path).resolve()
+    for base, prefix in ((Path(project or Path.cwd()).resolve(), ""), (Path.home(), "~/")):
+        if resolved.is_relative_to(base):
+            return prefix + resolved.relative_to(base).as_posix()
+    return resolved.as_posix()
 
 
 def values_range(runs: pd.DataFrame, column: str) -> str:

@@ -248,6 +248,41 @@ def latency_figure(latency: pd.DataFrame, experiment: str) -> plt.Figure:
     return fig
 
 
+def latency_vs_ort_figure(lat_models: pd.DataFrame, experiment: str) -> plt.Figure:
+    """Whole-model speedup over ONNX Runtime (ratio of medians) per model role and engine, one
+    panel per batch size at the fewest threads measured (``lat_models``:
+    :func:`~dstcore.analysis.tables.latency_table`)."""
+    lat = lat_models[lat_models.experiment == experiment]
+    if lat.empty:
+        return message_figure(f"{experiment}: no whole-model latency measurements")
+    lat = lat[(lat.threads == lat.threads.min()) & (lat.kernel != "onnxruntime")]
+    batches = sorted(lat.batch.unique())
+    roles = list(dict.fromkeys(lat.role))
+    engines = list(dict.fromkeys(lat.kernel))
+    fig, axes = plt.subplots(1, len(batches), figsize=(3.6 * len(batches) + 1.2, 3.8),
+                             sharey=True, squeeze=False)
+    width = 0.8 / len(engines)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        block = lat[lat.batch == batch]
+        for i, engine in enumerate(engines):
+            values = [block[(block.role == r) & (block.kernel == engine)].speedup_vs_ort
+                      for r in roles]
+            heights = [v.iloc[0] if len(v) else np.nan for v in values]
+            ax.bar(np.arange(len(roles)) - 0.4 + width * (i + 0.5), heights, width,
+                   color=KERNEL_COLORS.get(engine, "#999999"), label=engine)
+        ax.axhline(1.0, color=KERNEL_COLORS["onnxruntime"], lw=1.2, ls="--",
+                   label="ONNX Runtime (= 1)")
+        ax.set_xticks(np.arange(len(roles)), roles, rotation=20, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(f"batch {int(batch)}, {int(lat.threads.min())} thread(s)", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("speedup over ONNX Runtime (×, log)")
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle(f"{experiment}: whole-model latency against ONNX Runtime", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def message_figure(text: str) -> plt.Figure:
     """A figure that says why there is nothing to plot (instead of a missing file)."""
     fig, ax = plt.subplots(figsize=(6.5, 1.5))

@@ -41,9 +41,9 @@ os.environ.setdefault("DST_SNAKEMAKE_COMMAND", shlex.join(["snakemake", *sys.arg
 def config_files_in_merge_order():
     """Absolute paths of the config files in the order Snakemake merged them: the Snakefile's
     default first, then each --configfile (a later file's keys override an earlier one's)."""
-    given = [str(f) for f in workflow.overwrite_configfiles]
-    default = [str(f) for f in workflow.configfiles if str(f) not in given]
-    return [str(Path(f).resolve()) for f in default + given]
+    given = [str(Path(f).resolve()) for f in workflow.overwrite_configfiles]
+    default = [str(Path(f).resolve()) for f in workflow.configfiles]
+    return list(dict.fromkeys([f for f in default if f not in given] + given))
 
 
 RESULTS = config["results_dir"]
@@ -132,7 +132,7 @@ def report_figures():
         if exp.get("dual"):
             stems.append(f"{name}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
-            stems.append(f"{name}_latency")
+            stems += [f"{name}_latency_vs_ort", f"{name}_latency"]
     return stems
 
 

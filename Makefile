@@ -45,6 +45,12 @@ chaos: $(STAMP)
 test-slurm: $(STAMP)
 	bash tests/cluster/slurm_local.sh
 
+# The rendered report laid out in headless Chromium (installed on demand): table widths, the
+# verdict block's place, figures loaded, and a PNG of the first screen beside the report.
+.PHONY: check-report
+check-report: $(STAMP)
+	$(BIN)/dst check-report results/report/report.html --screenshot results/report/first_screen.png
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint

@@ -197,6 +197,31 @@ def cmd_choose_tl1(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_report(args: argparse.Namespace) -> int:
+    from dstcore.report import browser
+
+    if not args.html.is_file():
+        raise DstError(f"{args.html} does not exist (make all renders it)")
+    chromium = browser.ensure_chromium()
+    layout = browser.measure(args.html, chromium, args.width, args.height)
+    view, verdicts = layout["viewport"], layout["verdicts"]
+    print(f"viewport {view['width']} x {view['height']} px; page {layout['page_width']} px wide")
+    if verdicts:
+        print(f"verdict block: {verdicts['top']:.0f}-{verdicts['bottom']:.0f} px from the top")
+    for t in layout["tables"]:
+        where = " (collapsed by default)" if t["in_details"] else ""
+        print(f"table {t['id']}: {t['scroll_width']} px wide{where}")
+    loaded = sum(im["complete"] and im["natural_width"] > 0 for im in layout["images"])
+    print(f"figures: {loaded} of {len(layout['images'])} loaded")
+    if args.screenshot:
+        png = browser.screenshot(args.html, args.screenshot, chromium, args.width, args.height)
+        print(f"first screen -> {png}")
+    found = browser.problems(layout)
+    for line in found:
+        print(f"problem: {line}")
+    return 1 if found else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -220,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "latency":
             return cmd_latency(args)
+        if args.command == "check-report":
+            return cmd_check_report(args)
         if args.command == "choose-tl1":
             return cmd_choose_tl1(args)
         if args.command == "aggregate":

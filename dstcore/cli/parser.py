@@ -161,6 +161,14 @@ def _add_table_commands(sub) -> None:
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="notebook parameter (value parsed as YAML)")
 
+    p = sub.add_parser("check-report", help="lay a rendered report out in headless Chromium "
+                                            "(installed on demand): where the verdict block "
+                                            "falls, every table's width, every figure loaded")
+    p.add_argument("html", type=Path, help="the rendered report (report.html)")
+    p.add_argument("--width", type=int, default=1200, help="viewport width, px")
+    p.add_argument("--height", type=int, default=900, help="window height, px")
+    p.add_argument("--screenshot", type=Path, help="also write a PNG of the first screen")
+
     p = sub.add_parser("choose-tl1", help="stage 3's TL1 beta and lams from the TL1 sweeps "
                                           "(dstcore.analysis.frontier.choose_dual_tl1)")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json of the baselines, "

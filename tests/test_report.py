@@ -383,3 +383,23 @@ def test_a_method_registered_later_gets_rows_a_label_and_its_own_colour():
         plt.close(fig)
     finally:
         unregister("toy")
+
+
+def test_report_opens_with_the_verdicts_and_each_section_with_its_figures(rendered):
+    _, _, soup, _ = rendered
+    verdicts = soup.find(id="verdicts")
+    first = soup.find(["h2", "table", "img"])
+    assert first in verdicts.find_all_next()  # before any section, table or figure
+    assert len(verdicts.find_all("li")) >= 3 and "Not run (3)" in verdicts.get_text()
+    sections: dict[str, list[str]] = {}
+    for element in soup.find_all(["h2", "img", "table"]):
+        if element.name == "h2":
+            current = sections.setdefault(element.get_text(strip=True), [])
+        elif sections:
+            current.append(element.name)
+    with_figures = [s for s, items in sections.items() if "img" in items]
+    assert len(with_figures) == 4, sections  # frontiers, grid points, dual sparse, latency
+    for section in with_figures:
+        assert sections[section][0] == "img", section
+    for details in soup.find_all("details"):
+        assert details.get("open") is None and details.find("table") is not None

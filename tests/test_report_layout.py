@@ -135,3 +135,18 @@ def test_config_files_are_listed_once_relative_to_the_project(tmp_path, monkeypa
     digest = hashlib.sha256(b"seed: 1\n").hexdigest()[:12]
     assert f"- **Config**: `config/config.yaml` (sha256 {digest})\n" in text
     assert str(tmp_path) not in text
+
+
+def test_a_most_models_claim_without_values_says_what_was_not_bracketed():
+    most = "More than 20% more activation sparsity on most models"
+    rows = pd.DataFrame([(most, 20.0, reading, reference, NAN, NAN, NAN, 0, "not reproduced",
+                          "most", "0 of 1 reproduce: e: not bracketed", "e")
+                         for reading in ("points", "relative")
+                         for reference in ("baseline", "control")],
+                        columns=[*claim_rows().columns[:-1], "experiment"])
+    lines, skipped = verdict_lines(rows)
+    assert skipped == "" and plain(lines[0]) == (
+        "not reproduced More than 20% more activation sparsity on most models, +20% claimed: "
+        "not reproduced in points, 0 of 1 reproduce: e: not bracketed; not reproduced as "
+        "relative gain, 0 of 1 reproduce: e: not bracketed; against the dense baseline. Against "
+        "the λ = 0 control: not reproduced in points; not reproduced as relative gain.")

@@ -26,7 +26,7 @@ def value_text(row, unit: str) -> str:
 
 
 def _seeds(seeds: pd.Series) -> str:
-    seeds = seeds.dropna()
+    seeds = seeds[seeds > 0].dropna()
     if seeds.empty:
         return ""
     low, high = int(seeds.min()), int(seeds.max())
@@ -46,7 +46,9 @@ def _gain_line(claim: str, rows: pd.DataFrame) -> str:
     parts = []
     for r in base.itertuples():
         what = value_text(r, UNITS[r.reading])
-        if r.rule == "most":
+        if r.rule == "most" and math.isnan(r.reproduced_mean):
+            what = r.detail  # no experiment has a value: which were not bracketed
+        elif r.rule == "most":
             what = f"median {what} over experiments, {r.detail.partition(':')[0]}"
         elif r.status == "not bracketed":
             what = r.detail

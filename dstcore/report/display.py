@@ -95,10 +95,14 @@ def _merged(table: pd.DataFrame, stems: dict[str, str]) -> pd.DataFrame:
 
 
 def activation_view(activation: pd.DataFrame) -> pd.DataFrame:
-    """The grid-point table with intervals merged and standard deviations left to the CSV."""
-    view = activation.drop(columns=["top1_std", "sparsity_std", "row"])
-    view = view.assign(method=[method_text(m, b) if m not in ("baseline", "none") else m
-                               for m, b in zip(view.method, view.beta, strict=True)])
+    """The grid-point table with intervals merged, β in the method's name, standard deviations
+    left to the CSV."""
+    names = {"baseline": "baseline", "control": "λ = 0 control"}
+    view = activation.assign(
+        method=[names.get(row, method_text(m, b)) for row, m, b in
+                zip(activation.row, activation.method, activation.beta, strict=True)],
+        lams_tried=activation.lams_tried.map(lambda v: "" if pd.isna(v) else f"{v:.0f}"))
+    view = view.drop(columns=["top1_std", "sparsity_std", "row", "beta"])
     return _merged(view, {"top1": "top1", "sparsity": "sparsity",
                           "gain_vs_baseline": "gain_vs_baseline",
                           "gain_vs_control": "gain_vs_control",

@@ -24,7 +24,7 @@ def html_table(soup: BeautifulSoup, table_id: str) -> pd.DataFrame:
     table = soup.find("table", id=table_id)
     assert table is not None, f"table {table_id} missing from the HTML"
     head = [th["data-column"] for th in table.find("thead").find_all("th")]
-    rows = [[td.get_text(strip=True) for td in tr.find_all("td")]
+    rows = [[td.get_text(" ", strip=True) for td in tr.find_all("td")]
             for tr in table.find("tbody").find_all("tr")]
     return pd.DataFrame(rows, columns=head)
 

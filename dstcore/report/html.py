@@ -19,6 +19,8 @@ STYLE = """<style>
 .dst-table th { font-weight: 600; text-align: right; vertical-align: bottom; padding: 3px 6px;
                 border-bottom: 1px solid #888; white-space: normal; max-width: 9em; }
 .dst-table td { text-align: right; padding: 2px 6px; white-space: nowrap; }
+.dst-table td.dst-wrap { white-space: normal; }
+.dst-nw { white-space: nowrap; }
 .dst-table td.dst-text { text-align: left; white-space: normal; max-width: 26em; }
 .dst-table th.dst-text { text-align: left; }
 .dst-table tbody tr:nth-child(odd) { background: #f6f8fa; }
@@ -90,6 +92,17 @@ def _cell(value, column: str) -> str:
     return str(value)
 
 
+def _number_cell(text: str) -> str:
+    """A number's cell; ``mean [low, high]`` and ``ms (ratio×)`` may break before the bracket
+    (a narrow table instead of a wide one), never inside a part."""
+    for mark in (" [", " ("):
+        first, found, rest = text.partition(mark)
+        if found:
+            return (f'<td class="dst-wrap"><span class="dst-nw">{_html.escape(first)}</span> '
+                    f'<span class="dst-nw">{_html.escape(found.strip() + rest)}</span></td>')
+    return f"<td>{_html.escape(text)}</td>"
+
+
 def html_table(table: pd.DataFrame, table_id: str, caption: str = "",
                raw: tuple[str, ...] = ()) -> str:
     """``table`` as an HTML table with an id and readable, wrapping headers (:data:`LABELS`);
@@ -103,8 +116,12 @@ def html_table(table: pd.DataFrame, table_id: str, caption: str = "",
         cells = []
         for column, value in zip(table.columns, row, strict=True):
             text = _cell(value, column)
-            cls = ' class="dst-text"' if column in TEXT_COLUMNS else ""
-            cells.append(f"<td{cls}>{text if column in raw else _html.escape(text)}</td>")
+            if column in raw:
+                cells.append(f"<td>{text}</td>")
+            elif column in TEXT_COLUMNS:
+                cells.append(f'<td class="dst-text">{_html.escape(text)}</td>')
+            else:
+                cells.append(_number_cell(text))
         body.append("<tr>" + "".join(cells) + "</tr>")
     title = f"<h4>{_html.escape(caption)}</h4>\n" if caption else ""
     return (f'{title}<table id="{table_id}" class="dst-table"><thead><tr>{head}</tr></thead>'

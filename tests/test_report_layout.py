@@ -103,6 +103,11 @@ def test_the_frontier_pivot_has_a_column_per_drop_and_notes_what_is_not_brackete
     assert pivot.set_index("method").loc["ℓ1", "0 pp"] == "–"
     assert notes == ["Not bracketed at 0 pp (3): e ℓ1, e TL1 (β=2), e Hoyer-square",
                      "Not bracketed at 0.5 pp (1): e Hoyer-square"]
+    rows = frontier_rows()
+    rows.loc[rows.accuracy_drop_pp == 0.0, "bracketed"] = False
+    pivot, notes = frontier_pivot(rows)  # a drop bracketed nowhere: its column leaves
+    assert list(pivot.columns) == ["experiment", "method", "0.5 pp"]
+    assert notes[0] == "Not bracketed at 0 pp for any method of any experiment (column left out)"
 
 
 def test_latency_pivots_give_one_table_per_batch_and_thread_count():

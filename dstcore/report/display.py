@@ -30,7 +30,8 @@ def method_text(method: str, beta: float) -> str:
 def frontier_pivot(frontier: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Rows = experiment × method (and β), columns = accuracy drop, cells = frontier sparsity
     ``mean [95% CI]`` (★: the proposed method's best β at that drop). Rows bracketed at no drop
-    are left out; the notes (one line per drop) say which cells are not bracketed."""
+    and drops bracketed in no row are left out; the notes (one line per drop) say which cells
+    are not bracketed."""
     drops = sorted(frontier.accuracy_drop_pp.unique())
     rows, notes = [], {d: [] for d in drops}
     for (exp, method, beta), group in frontier.groupby(
@@ -47,10 +48,12 @@ def frontier_pivot(frontier: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if any(v != NOT_BRACKETED for v in cells.values()):
             rows.append({"experiment": exp, "method": name,
                          **{f"{d:g} pp": cells.get(d, "") for d in drops}})
-    lines = [f"Not bracketed at {d:g} pp ({len(names)}): " + ", ".join(names)
-             for d, names in notes.items() if names]
     table = pd.DataFrame(rows, columns=["experiment", "method", *(f"{d:g} pp" for d in drops)])
-    return table, lines
+    empty = [d for d in drops if (table[f"{d:g} pp"] == NOT_BRACKETED).all()]
+    lines = [f"Not bracketed at {d:g} pp for any method of any experiment (column left out)"
+             if d in empty else f"Not bracketed at {d:g} pp ({len(names)}): " + ", ".join(names)
+             for d, names in notes.items() if names]
+    return table.drop(columns=[f"{d:g} pp" for d in empty]), lines
 
 
 def frontier_long(frontier: pd.DataFrame) -> pd.DataFrame:

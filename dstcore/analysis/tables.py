@@ -17,7 +17,7 @@ from dstcore.analysis.aggregate import best_within_tolerance, seed_summary
 from dstcore.analysis.frontier import completed, per_seed
 from dstcore.analysis.stats import paired, t_interval
 from dstcore.core.runs import NO_METHOD, RunKind, structure_family
-from dstcore.sparsity.regularizers import PROPOSED, REGISTRY, method_label, regularizers
+from dstcore.sparsity.regularizers import REGISTRY, method_label, regularizers
 
 # Weight-pruning structures (families of runs.csv's prune_structure), in the order tables show them.
 STRUCTURE_ORDER = {"": 0, "element": 1, "block": 2}
@@ -233,29 +233,6 @@ def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         speedup=("speedup", "median"), speedup_vs_ort=("speedup_vs_ort", "median"),
         ideal_speedup=("ideal_speedup", "median")).reset_index()
     return out[LATENCY_COLUMNS]
-
-
-def best_beta_table(frontier: pd.DataFrame) -> pd.DataFrame:
-    """The proposed method's (TL1's) best β per experiment and accuracy drop (highest mean
-    frontier sparsity), with every β's mean for comparison."""
-    proposed = frontier[frontier.method == PROPOSED]
-    rows = []
-    for (exp, drop), group in proposed.groupby(["experiment", "accuracy_drop_pp"], sort=True):
-        best = group[group.best_beta]
-        means = ", ".join(f"β={r.beta:g}: " + (f"{r.sparsity_mean:.2f}" if r.bracketed
-                                                 else "not bracketed")
-                          for r in group.itertuples())
-        row = {"experiment": exp, "accuracy_drop_pp": drop, "best_beta": math.nan,
-               "sparsity_mean": math.nan, "sparsity_ci_low": math.nan,
-               "sparsity_ci_high": math.nan, "all_betas": means}
-        if not best.empty:
-            b = best.iloc[0]
-            row.update(best_beta=b.beta, sparsity_mean=b.sparsity_mean,
-                       sparsity_ci_low=b.sparsity_ci_low, sparsity_ci_high=b.sparsity_ci_high)
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["experiment", "accuracy_drop_pp", "best_beta",
-                                       "sparsity_mean", "sparsity_ci_low", "sparsity_ci_high",
-                                       "all_betas"])
 
 
 def grid_flags(frontier: pd.DataFrame) -> list[str]:

@@ -10,6 +10,7 @@ measured into the page as JSON.
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import os
 import re
@@ -100,8 +101,7 @@ def measure(html: Path, chromium: str, width: int = WIDTH, height: int = HEIGHT)
     found = re.search(r'<pre id="dst-measure">(.*?)</pre>', dom, re.S)
     if not found:
         raise DstError(f"chromium loaded {html} but the measuring script did not run")
-    return json.loads(found.group(1).replace("&amp;", "&").replace("&lt;", "<")
-                      .replace("&gt;", ">").replace("&quot;", '"'))
+    return json.loads(html_lib.unescape(found.group(1)))
 
 
 def screenshot(html: Path, png: Path, chromium: str, width: int = WIDTH,

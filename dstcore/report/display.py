@@ -89,7 +89,7 @@ def _merged(table: pd.DataFrame, stems: dict[str, str]) -> pd.DataFrame:
     ``stem_ci_high`` merged into one interval cell named ``label``."""
     out = table.copy()
     for name, stem in stems.items():
-        mean = next(c for c in (f"{stem}_mean", f"{stem}_pp", f"{stem}_pct", stem) if c in table)
+        mean = next(c for c in (f"{stem}_mean", f"{stem}_pp", f"{stem}_pct") if c in table)
         low, high = f"{stem}_ci_low", f"{stem}_ci_high"
         out[mean] = [interval_text(m, lo, hi)
                      for m, lo, hi in zip(table[mean], table[low], table[high], strict=True)]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dstcore import DstError
-from dstcore.data.datasets import load_dataset, make_loader, stratified_subset
+from dstcore.data.datasets import load_dataset, stratified_subset
+from dstcore.data.loaders import make_loader
 from tests.fakes import fake_cifar, fake_imagenet, fake_mnist, write_idx
 
 MNIST_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -14,14 +14,13 @@ import hashlib
 import os
 import pickle
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from dstcore import DstError
 
@@ -97,8 +96,8 @@ class TensorImages(Dataset):
     def __init__(self, images: Tensor, labels: Tensor, mean: tuple[float, ...],
                  std: tuple[float, ...], scale: float = 255.0) -> None:
         self.images, self.labels = images, labels.long()
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
         self.scale = scale
         self.targets = self.labels.tolist()
 
@@ -113,40 +112,6 @@ class TensorImages(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x, y = self.batch(torch.tensor([i]))
         return x[0], int(y[0])
-
-
-class TensorBatchLoader:
-    """Fast batches over a :class:`TensorImages` (or a Subset of one) without per-item collation."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool,
-                 generator: torch.Generator | None = None) -> None:
-        if isinstance(dataset, Subset):
-            self.base, self.indices = dataset.dataset, torch.as_tensor(dataset.indices)
-        else:
-            self.base, self.indices = dataset, torch.arange(len(dataset))
-        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
-
-    def __len__(self) -> int:
-        return (len(self.indices) + self.batch_size - 1) // self.batch_size
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.indices
-        if self.shuffle:
-            order = order[torch.randperm(len(order), generator=self.generator)]
-        for start in range(0, len(order), self.batch_size):
-            yield self.base.batch(order[start:start + self.batch_size])
-
-
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0) -> TensorBatchLoader | DataLoader:
-    """An iterable of (images [B,C,H,W], labels [B]) batches; shuffling is fixed by ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    if isinstance(base, TensorImages):
-        return TensorBatchLoader(dataset, batch_size, shuffle, generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
 
 
 # --------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
     versions. ``torch_compile`` adds ``torch.compile`` as the end-to-end engine
     'torch_compile' (seconds of compilation per model, batch size and thread count).
     """
-    from dstcore.data.datasets import load_dataset, make_loader
+    from dstcore.data.datasets import load_dataset
+    from dstcore.data.loaders import make_loader
     from dstcore.models.checkpoint import load_model
 
     runs = pd.read_csv(runs_csv)

@@ -79,8 +79,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
 
 
 
-def full_metrics(model: nn.Module, bundle, device: torch.device, batch_size: int) -> dict:
-    """Everything ``metrics.json`` reports about a model on the whole test split of ``bundle``.
+def full_metrics(model: nn.Module, bundle, device: torch.device, batch_size: int,
+                 num_workers: int = 0) -> dict:
+    """Everything ``metrics.json`` reports about a model on the whole test split of ``bundle``
+    (image datasets read with ``num_workers`` DataLoader workers), in float32.
 
     Accuracy (top-1, top-5 when classes > 10), activation sparsity per layer and overall,
     weight sparsity, dense and effective MACs per image, and the dense count according to
@@ -88,7 +90,7 @@ def full_metrics(model: nn.Module, bundle, device: torch.device, batch_size: int
     """
     import time
 
-    from dstcore.data.datasets import make_loader
+    from dstcore.data.loaders import make_loader
     from dstcore.measure.flops import flop_counter_macs
     from dstcore.sparsity.activations import activation_layers
     from dstcore.sparsity.pruning import weight_sparsity
@@ -96,7 +98,8 @@ def full_metrics(model: nn.Module, bundle, device: torch.device, batch_size: int
     t0 = time.perf_counter()
     model = model.to(device)
     act_layers = activation_layers(model, bundle.input_shape)
-    loader = make_loader(bundle.test, batch_size, shuffle=False)
+    loader = make_loader(bundle.test, batch_size, shuffle=False, num_workers=num_workers,
+                         pin_memory=device.type == "cuda")
     ev = evaluate(model, loader, device, act_layers, bundle.num_classes, count_macs=True,
                   desc="evaluate")
     counted = flop_counter_macs(model, bundle.input_shape)

@@ -142,7 +142,8 @@ class ActivationPenalty:
 
     def _observe(self, name: str, module: nn.Module, a: Tensor) -> None:
         if torch.is_grad_enabled():
-            self.total = self.total + self.weights[name] * self.fn(a, self.beta)
+            # float32 under bf16 autocast (a no-op in float32)
+            self.total = self.total + self.weights[name] * self.fn(a.float(), self.beta)
 
     def __enter__(self) -> ActivationPenalty:
         self._hooks = register_hooks(self.layers, self._observe)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from dstcore.data.datasets import make_loader
+from dstcore.data.loaders import make_loader
 from dstcore.measure.metrics import evaluate, full_metrics
 from dstcore.training.checkpointing import save_checkpoint
 from dstcore.training.config import RunConfig
@@ -80,11 +80,14 @@ def evaluate_epoch(s: Session, epoch: int, final_eval: bool) -> dict:
                 "eval_seconds": 0.0}
     t0 = time.perf_counter()
     if final_eval and epoch + 1 == s.epochs:
-        s.final = full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size)
+        s.final = full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size,
+                               s.cfg.data.num_workers)
         top1, loss = s.final["accuracy"]["top1"], s.final["test_loss"]
         sparsity = s.final["activation_sparsity"]["overall"]
     else:
-        loader = make_loader(s.bundle.test, s.cfg.data.eval_batch_size, shuffle=False)
+        loader = make_loader(s.bundle.test, s.cfg.data.eval_batch_size, shuffle=False,
+                             num_workers=s.cfg.data.num_workers,
+                             pin_memory=s.device.type == "cuda")
         ev = evaluate(s.model, loader, s.device, s.act_layers, s.bundle.num_classes, desc="test")
         top1, loss, sparsity = ev["top1"], ev["loss"], ev["activation_sparsity"]["overall"]
     return {"test_top1": top1, "test_loss": loss, "activation_sparsity": sparsity,
@@ -94,7 +97,8 @@ def evaluate_epoch(s: Session, epoch: int, final_eval: bool) -> dict:
 def final_metrics(s: Session) -> dict:
     """The full evaluation of ``metrics.json``: the last epoch's, else (a run that stopped
     early or had no epoch left to run) one of the final model now."""
-    return s.final or full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size)
+    return s.final or full_metrics(s.model, s.bundle, s.device, s.cfg.data.eval_batch_size,
+                                   s.cfg.data.num_workers)
 
 
 def collapsed(s: Session, top1: float | None) -> bool:

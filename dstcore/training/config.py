@@ -32,6 +32,8 @@ OPTIMIZERS = ("sgd", "adam")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "tf32", "bf16")  # fp32: IEEE float32; tf32 and bf16 are CUDA-only
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")  # auto: channels_last on CUDA only
 MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
 MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
 MAX_BLOCK_OUT = 4096  # output channels per block unit of block pruning
@@ -124,7 +126,13 @@ class TrainConfig:
                       le=MAX_SEED)
     threads: int = param(0, "torch intra-op threads; 0 = torch's default", ge=0, le=MAX_THREADS)
     device: str = param("auto", "where to train (auto: cuda when available)", choices=DEVICES)
-    deterministic: bool = param(True, "deterministic torch algorithms (cuDNN benchmark off)")
+    deterministic: bool = param(True, "deterministic algorithms: torch's, cuDNN's (benchmark "
+                                      "off) and cuBLAS's workspace; false lets cuDNN autotune")
+    precision: str = param("fp32", "arithmetic: fp32 (IEEE), tf32 (TF32 matmuls and convs) or "
+                                   "bf16 (autocast); tf32 and bf16 need CUDA", choices=PRECISIONS)
+    memory_format: str = param("auto", "tensor layout of the model and its inputs: auto "
+                                       "(channels_last on CUDA, contiguous on the CPU), "
+                                       "contiguous or channels_last", choices=MEMORY_FORMATS)
     collapse_factor: float = param(1.5, "a fine-tune whose accuracy falls to <= this x chance "
                                         "diverged", ge=0)
     eval_every: int = param(1, "evaluate the test set every k epochs and after the last "
@@ -178,8 +186,11 @@ class RunConfig:
         d = self.to_dict()
         for section, key in (("data", "data_root"), ("data", "cache_dir"), ("data", "num_workers"),
                              ("data", "eval_batch_size"), ("data", "download"), ("train", "eval_every"),
-                             ("train", "threads"), ("train", "device")):
+                             ("train", "threads"), ("train", "device"),
+                             ("train", "memory_format")):
             d[section].pop(key)
+        if d["train"]["precision"] == "fp32":
+            d["train"].pop("precision")  # the hash of runs from before the key existed
         if not d["prune"]["exclude"]:
             d["prune"].pop("exclude")  # the hash of runs from before the key existed
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from dstcore.data.datasets import DataBundle, load_dataset, make_loader
+from dstcore.data.datasets import DataBundle, load_dataset
 from dstcore.sparsity.pruning import weight_l1
 from dstcore.sparsity.regularizers import ActivationPenalty
 from dstcore.training.callbacks import (
@@ -41,10 +41,12 @@ from dstcore.training.callbacks import (
 from dstcore.training.checkpointing import CHECKPOINT_FORMAT, CHECKPOINT_REJECTED
 from dstcore.training.config import RunConfig
 from dstcore.training.runtime import (
+    autocast,
     configure_runtime,
     epoch_seed,
     lr_at,
     make_optimizer,
+    memory_format,
     resolve_device,
 )
 from dstcore.training.session import Session, check_run, finish, open_session
@@ -136,14 +138,13 @@ def train_epoch(s: Session, stage: Stage, epoch: int) -> tuple[EpochStats, dict]
         group["lr"] = lr
     seed = epoch_seed(s.cfg.train.seed, epoch)
     torch.manual_seed(seed)
-    loader = make_loader(s.bundle.train, s.cfg.train.batch_size, shuffle=True, seed=seed,
-                         num_workers=s.cfg.data.num_workers)
     terms = stage.loss_terms(s)
     t0 = time.perf_counter()
     with terms.penalty if terms.penalty is not None else contextlib.nullcontext():
-        stats = train_one_epoch(s.model, loader, s.optimizer, s.device, terms.penalty,
-                                terms.lam, terms.weight_l1, f"epoch {epoch + 1}",
-                                terms.l1_exclude)
+        stats = train_one_epoch(s.model, s.loader.epoch(seed), s.optimizer, s.device,
+                                terms.penalty, terms.lam, terms.weight_l1, f"epoch {epoch + 1}",
+                                terms.l1_exclude, s.cfg.train.precision,
+                                memory_format(s.cfg.train.memory_format, s.device))
     line = {"epoch": epoch + 1, "lr": lr, "phase": stage.phase, "train_ce": stats.ce,
             "train_reg": stats.reg, "train_weight_l1": stats.weight_l1,
             "train_loss": stats.loss, "train_top1": stats.accuracy,
@@ -153,15 +154,24 @@ def train_epoch(s: Session, stage: Stage, epoch: int) -> tuple[EpochStats, dict]
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     device: torch.device, penalty: ActivationPenalty | None, lam: float,
-                    weight_l1_lam: float, desc: str, l1_exclude: Sequence[str] = ()) -> EpochStats:
+                    weight_l1_lam: float, desc: str, l1_exclude: Sequence[str] = (),
+                    precision: str = "fp32",
+                    layout: torch.memory_format = torch.contiguous_format) -> EpochStats:
     """One pass over ``loader`` minimising CE + lam * penalty (+ weight_l1_lam * sum|w| over
-    the layers stage 2 prunes, see :func:`~dstcore.sparsity.pruning.prunable_layers`)."""
+    the layers stage 2 prunes, see :func:`~dstcore.sparsity.pruning.prunable_layers`), the
+    forward pass under the autocast of ``precision``, inputs in ``layout``. The epoch's sums
+    stay on ``device`` (float64, as Python floats would add them): the one host sync per step
+    is the finiteness check of the loss."""
     model.train()
-    s, correct, seen = EpochStats(), 0, 0
+    s, seen = EpochStats(), 0
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # ce, reg, weight l1, loss
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        ce = F.cross_entropy(logits, y)
+        x = x.to(device, non_blocking=True, memory_format=layout)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model(x)
+            ce = F.cross_entropy(logits, y)
         loss = ce
         reg = penalty.pop() if penalty is not None else 0.0
         if penalty is not None and lam > 0:
@@ -179,13 +189,12 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
         optimizer.step()
         s.last_finite_loss = loss_value
         s.steps += 1
-        s.ce += ce.item()
-        s.reg += float(reg.detach()) if torch.is_tensor(reg) else reg
-        s.weight_l1 += float(wl1.detach()) if torch.is_tensor(wl1) else wl1
-        s.loss += loss_value
-        correct += int((logits.argmax(1) == y).sum())
+        for i, term in enumerate((ce, reg, wl1, loss)):
+            if torch.is_tensor(term):
+                sums[i] += term.detach().double()
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
     n = max(s.steps, 1)
-    s.ce, s.reg, s.weight_l1, s.loss = s.ce / n, s.reg / n, s.weight_l1 / n, s.loss / n
-    s.accuracy = correct / max(seen, 1)
+    s.ce, s.reg, s.weight_l1, s.loss = (v / n for v in sums.tolist())
+    s.accuracy = int(correct) / max(seen, 1)
     return s

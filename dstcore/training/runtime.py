@@ -3,6 +3,7 @@ the per-epoch seed and the optimiser."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -24,14 +25,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_runtime(threads: int, deterministic: bool) -> None:
-    """Set torch's thread count (0 keeps the default) and deterministic algorithms."""
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse, in one line, an arithmetic the device does not have (tf32 and bf16 are CUDA's)."""
+    if precision != "fp32" and device.type != "cuda":
+        raise DstError(f"train.precision: {precision!r} needs a CUDA device (train.device "
+                       f"resolved to {device.type}); use fp32 on the CPU")
+
+
+def configure_runtime(threads: int, deterministic: bool, device: torch.device | None = None,
+                      precision: str = "fp32") -> None:
+    """Set torch's thread count (0 keeps the default), deterministic algorithms and, on CUDA,
+    cuDNN's autotuner and the fp32 arithmetic of matmuls and convolutions.
+
+    ``deterministic``: ``torch.use_deterministic_algorithms`` (warn-only: an op without a
+    deterministic implementation warns instead of failing), cuDNN's deterministic algorithms
+    with its benchmark off, and the cuBLAS workspace setting its reproducibility needs (set
+    before CUDA starts, so it holds for the run). Otherwise cuDNN autotunes (benchmark on).
+    ``precision`` ``tf32`` lets cuBLAS and cuDNN use TF32 for float32; ``fp32`` asks for IEEE
+    float32 (cuDNN's own default is TF32 convolutions); ``bf16`` is autocast (:func:`autocast`)
+    over IEEE float32.
+    """
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and device is not None \
+        and device.type == "cuda"
+    if device is not None and device.type == "cuda":
+        fp32 = "tf32" if precision == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = fp32
+        torch.backends.cudnn.conv.fp32_precision = fp32
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of ``precision`` on ``device`` (bf16: CUDA autocast to bfloat16;
+    a no-op context otherwise)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def memory_format(name: str, device: torch.device) -> torch.memory_format:
+    """The layout of ``train.memory_format`` on ``device`` (auto: channels_last on CUDA)."""
+    if name == "channels_last" or (name == "auto" and device.type == "cuda"):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def lr_at(cfg: RunConfig, epoch: int, total: int) -> float:

@@ -20,6 +20,7 @@ from dstcore.core.environment import provenance
 from dstcore.core.io import write_json, write_yaml
 from dstcore.core.records import make_record, write_record
 from dstcore.data.datasets import DataBundle
+from dstcore.data.loaders import TrainLoader, hold_on_device
 from dstcore.models import build_model
 from dstcore.models.checkpoint import read_model, save_model
 from dstcore.sparsity.activations import activation_layers
@@ -29,7 +30,14 @@ from dstcore.training.callbacks import final_metrics
 from dstcore.training.checkpointing import resume as resume_from_checkpoint
 from dstcore.training.checkpointing import write_log
 from dstcore.training.config import RunConfig, validate
-from dstcore.training.runtime import configure_runtime, make_optimizer, resolve_device, say
+from dstcore.training.runtime import (
+    check_precision,
+    configure_runtime,
+    make_optimizer,
+    memory_format,
+    resolve_device,
+    say,
+)
 from dstcore.training.stages import STAGES, Stage, schedule, stage_at
 
 
@@ -50,6 +58,7 @@ class Session:
     penalty: ActivationPenalty | None
     masks_fixed: bool
     history: list[dict]
+    loader: TrainLoader  # the training batches, epoch by epoch
     start: int = 0
     elapsed_before: float = 0.0
     final: dict | None = None  # full metrics of the last epoch, when they were computed
@@ -98,7 +107,8 @@ def check_run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path 
                        f"another output directory")
     parent = load_parent(init, cfg, stage)
     device = resolve_device(cfg.train.device)
-    configure_runtime(cfg.train.threads, cfg.train.deterministic)
+    check_precision(cfg.train.precision, device)
+    configure_runtime(cfg.train.threads, cfg.train.deterministic, device, cfg.train.precision)
     return out_dir, init, parent, device
 
 
@@ -107,6 +117,7 @@ def open_session(cfg: RunConfig, stage: str, out_dir: Path, init: Path | None,
                  resume: bool) -> Session:
     """Build the model, create ``out_dir`` with ``config.yaml``, resume from its checkpoint
     when asked and possible, and (re)write ``log.jsonl``."""
+    bundle = hold_on_device(bundle, device)
     session = new_session(cfg, stage, out_dir, init, parent, bundle, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(out_dir / "config.yaml", {"stage": stage, "from": str(init) if init else None,
@@ -128,14 +139,16 @@ def new_session(cfg: RunConfig, stage: str, out_dir: Path, init: Path | None,
         masks_fixed = bool(parent["masks_fixed"])
         if masks_fixed:
             fix_masks_from_zeros(model)
-    model.to(device)
+    model.to(device, memory_format=memory_format(cfg.train.memory_format, device))
     act_layers = activation_layers(model, bundle.input_shape)
     penalty = None
     if cfg.reg.method != "none":
         penalty = ActivationPenalty(act_layers, cfg.reg.method, cfg.reg.beta,
                                     cfg.reg.layer_weights)
+    loader = TrainLoader(bundle.train, cfg.train.batch_size, cfg.data.num_workers,
+                         pin_memory=device.type == "cuda")
     return Session(cfg, stage, out_dir, init, parent, bundle, device, model,
-                   make_optimizer(model, cfg), act_layers, penalty, masks_fixed, [])
+                   make_optimizer(model, cfg), act_layers, penalty, masks_fixed, [], loader)
 
 
 def finish(s: Session, divergence: dict | None, final_eval: bool, tags: dict[str, str]) -> dict:

@@ -246,7 +246,7 @@ def test_cli_passes_torch_compile(monkeypatch, argv, target):
         calls.append(kwargs)
         if target.endswith("run_model_sweep"):
             return {"crossover": pd.DataFrame()}
-        return pd.DataFrame(columns=["scope", "batch", "role", "kernel", "threads",
+        return pd.DataFrame(columns=["scope", "batch", "role", "kernel", "device", "threads",
                                      "median_ms", "speedup", "ideal_speedup"])
 
     monkeypatch.setattr(target, fake)

@@ -7,6 +7,7 @@ import hashlib
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dstcore.analysis.provenance import how_made, shown_path
@@ -110,20 +111,27 @@ def test_the_frontier_pivot_has_a_column_per_drop_and_notes_what_is_not_brackete
     assert notes[0] == "Not bracketed at 0 pp for any method of any experiment (column left out)"
 
 
-def test_latency_pivots_give_one_table_per_batch_and_thread_count():
+def test_latency_pivots_give_one_table_per_device_batch_and_thread_count():
     rows = [{"experiment": "e", "role": role, "activation_sparsity_pct": 50.0,
-             "weight_sparsity_pct": 0.0, "kernel": kernel, "batch": batch, "threads": 1,
-             "median_ms": ms * batch, "speedup": 1.0, "speedup_vs_ort": 2.0 / ms,
+             "weight_sparsity_pct": 0.0, "kernel": kernel, "device": "cpu", "batch": batch,
+             "threads": 1, "median_ms": ms * batch, "speedup": 1.0, "speedup_vs_ort": 2.0 / ms,
              "ideal_speedup": 2.0}
             for batch in (1, 16) for role in ("baseline", "best_tl1")
             for kernel, ms in (("act_sparse", 1.0), ("onnxruntime", 2.0), ("dense", 4.0))]
+    rows += [{"experiment": "e", "role": "baseline", "activation_sparsity_pct": 50.0,
+              "weight_sparsity_pct": 0.0, "kernel": kernel, "device": "GPU X", "batch": 1,
+              "threads": 0, "median_ms": ms, "speedup": 0.5 / ms, "speedup_vs_ort": np.nan,
+              "ideal_speedup": 2.0} for kernel, ms in (("cuda_eager", 0.5), ("cuda_graph", 0.1))]
     pivots = latency_pivots(pd.DataFrame(rows))
-    assert list(pivots) == [(1, 1), (16, 1)]
-    table = pivots[(16, 1)]
+    assert list(pivots) == [("cpu", 1, 1), ("cpu", 16, 1), ("GPU X", 1, 0)]
+    table = pivots[("cpu", 16, 1)]
     assert list(table.columns) == ["experiment", "role", "act. sparsity %", "weight sparsity %",
                                    "dense", "onnxruntime", "act_sparse"]
     assert table.iloc[0].tolist() == ["e", "baseline", "50.0", "0.0", "64 ms (0.50×)",
                                       "32 ms (1.00×)", "16 ms (2.00×)"]
+    gpu = pivots[("GPU X", 1, 0)]  # the GPU's ratio is over cuda_eager; no CPU engine column
+    assert gpu.iloc[0].tolist()[4:] == ["0.5 ms (1.00×)", "0.1 ms (5.00×)"]
+    assert list(gpu.columns)[4:] == ["cuda_eager", "cuda_graph"]
 
 
 def test_config_files_are_listed_once_relative_to_the_project(tmp_path, monkeypatch):

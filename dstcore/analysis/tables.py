@@ -211,22 +211,25 @@ def diverged_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 LATENCY_COLUMNS = ["experiment", "role", "activation_sparsity_pct", "weight_sparsity_pct",
-                   "kernel", "batch", "threads", "median_ms", "speedup", "speedup_vs_ort",
-                   "ideal_speedup"]
+                   "kernel", "device", "batch", "threads", "median_ms", "speedup",
+                   "speedup_vs_ort", "ideal_speedup"]
 
 
 def latency_table(latency: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """End-to-end latency per model role, engine ('kernel'), batch and thread count (median
-    over seeds): the measured speedup over torch eager ('speedup') and over ONNX Runtime
-    ('speedup_vs_ort'), and the ideal one (dense / effective multiplications)."""
+    """End-to-end latency per model role, engine ('kernel'), device ('cpu' or the GPU's name),
+    batch and thread count (median over seeds): the measured speedup over torch eager, or on a
+    GPU over ``cuda_eager`` ('speedup'), and over ONNX Runtime ('speedup_vs_ort', CPU only),
+    and the ideal one (dense / effective multiplications)."""
     if latency.empty:
         return pd.DataFrame(columns=LATENCY_COLUMNS)
+    if "device" not in latency:
+        latency = latency.assign(device="cpu")
     model = latency[latency.scope == "model"].drop(
         columns=["activation_sparsity", "weight_sparsity", "act_sparsity"], errors="ignore").merge(
         runs[["run_dir", "activation_sparsity", "weight_sparsity"]], on="run_dir", how="left")
     model = model.assign(activation_sparsity_pct=100 * model.activation_sparsity,
                          weight_sparsity_pct=100 * model.weight_sparsity)
-    keys = ["experiment", "role", "kernel", "batch", "threads"]
+    keys = ["experiment", "role", "kernel", "device", "batch", "threads"]
     out = model.groupby(keys, sort=False).agg(
         activation_sparsity_pct=("activation_sparsity_pct", "mean"),
         weight_sparsity_pct=("weight_sparsity_pct", "mean"), median_ms=("median_ms", "median"),

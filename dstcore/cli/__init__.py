@@ -146,9 +146,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
         args.runs, args.results, args.experiment, args.seed, args.out,
         tolerance_pp=args.tolerance_pp, batch_sizes=args.batch_sizes, thread_counts=threads,
         warmup=args.warmup, repeats=args.repeats, max_images=args.max_images,
-        torch_compile=args.torch_compile, log=say)
+        torch_compile=args.torch_compile, gpu=args.gpu, gpu_compile_mode=args.gpu_compile_mode,
+        log=say)
     model = table[(table.scope == "model") & (table.batch == min(args.batch_sizes))]
-    print(model[["role", "kernel", "threads", "median_ms", "speedup", "ideal_speedup"]]
+    print(model[["role", "kernel", "device", "threads", "median_ms", "speedup",
+                 "ideal_speedup"]]
           .to_string(index=False))
     return 0
 

@@ -132,7 +132,11 @@ def _add_latency_commands(p: argparse.ArgumentParser) -> None:
                    help="also time torch.compile (inductor) as a peer; compiles per model, "
                         "batch and thread count (ResNet18 224x224: ~25 s the first time, "
                         "<1 s for further sparsities from inductor's cache)")
-    from dstcore.measure.settings import LatencySettings  # no torch: only the defaults
+    from dstcore.measure.settings import (  # no torch: only the defaults
+        COMPILE_MODES,
+        GPU_MODES,
+        LatencySettings,
+    )
 
     lat_defaults = LatencySettings()
     q = lat.add_parser("models", help="baseline, best TL1 and best dual model of an experiment")
@@ -151,6 +155,11 @@ def _add_latency_commands(p: argparse.ArgumentParser) -> None:
     q.add_argument("--torch-compile", action="store_true", default=lat_defaults.torch_compile,
                    help="also time torch.compile (inductor) end to end; compiles once per "
                         "model, batch and thread count")
+    q.add_argument("--gpu", choices=GPU_MODES, default=lat_defaults.gpu,
+                   help="auto: also time the GPU engines (cuDNN, bf16, torch.compile, CUDA "
+                        "graphs, sparse CSR, 2:4) when CUDA is available; off: the CPU only")
+    q.add_argument("--gpu-compile-mode", choices=COMPILE_MODES,
+                   default=lat_defaults.gpu_compile_mode, help="torch.compile's mode on the GPU")
 
 
 def _add_table_commands(sub) -> None:

@@ -9,6 +9,7 @@ it looked and how to supply the files.
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import os
@@ -103,6 +104,13 @@ class TensorImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def to(self, device: torch.device) -> TensorImages:
+        """A copy held on ``device`` (``targets`` stays a host list)."""
+        moved = copy.copy(self)
+        moved.images, moved.labels = self.images.to(device), self.labels.to(device)
+        moved.mean, moved.std = self.mean.to(device), self.std.to(device)
+        return moved
 
     def batch(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Normalised float32 images [B, C, H, W] and int64 labels [B] for ``index``."""

@@ -44,9 +44,9 @@ def _moved(dataset: Dataset, device: torch.device) -> Dataset:
         return dataset
     index = torch.as_tensor(dataset.indices) if isinstance(dataset, Subset) \
         else torch.arange(len(base))
-    return TensorImages(base.images[index].to(device), base.labels[index].to(device),
+    return TensorImages(base.images[index], base.labels[index],
                         tuple(base.mean.flatten().tolist()), tuple(base.std.flatten().tolist()),
-                        base.scale)
+                        base.scale).to(device)
 
 
 class TensorBatchLoader:
@@ -118,9 +118,12 @@ class EpochSampler(Sampler):
 
 def _data_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int,
                  pin_memory: bool, persistent: bool) -> DataLoader:
+    # The DataLoader draws its workers' base seed from ``generator`` (unused: items are
+    # seeded by SeededItems), not from the caller's global generator.
     return DataLoader(SeededItems(dataset), batch_size=batch_size,
                       sampler=EpochSampler(len(dataset), shuffle), num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=persistent and num_workers > 0)
+                      pin_memory=pin_memory, persistent_workers=persistent and num_workers > 0,
+                      generator=torch.Generator())
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from dstcore.kernels import prepare
 from dstcore.kernels.cpu import Kernel
 from dstcore.measure.engines import max_abs_err, time_engines
+from dstcore.measure.gpu_latency import gpu_name, gpu_wanted, time_gpu_engines
 from dstcore.measure.sidecar import write_results
 from dstcore.measure.synthetic import SPARSE_KINDS, layer_macs, zero_fraction
 from dstcore.measure.threads import thread_counts_used, threads
@@ -58,7 +59,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                           runner_kinds: Sequence[str] = ("dense", "act_sparse", "dual_sparse"),
                           per_layer: bool = True, warmup: int = 3, repeats: int = 20,
                           rounds: int = 4, model_name: str = "model",
-                          torch_compile: bool = False,
+                          torch_compile: bool = False, gpu: str = "off",
+                          gpu_compile_mode: str = "max-autotune-no-cudagraphs",
                           log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Per-layer and end-to-end latency of ``model`` for every kernel and ONNX Runtime.
 
@@ -73,7 +75,10 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
       ``max_abs_err`` vs torch eager;
     - scope='layer': every Conv2d/Linear on the exact input it sees in the dense model,
       each kernel (also the first layer), dense torch and the layer exported alone to ORT;
-      ``compute_median_ms`` excludes per-call input compression.
+      ``compute_median_ms`` excludes per-call input compression;
+    - with ``gpu`` ``auto`` and CUDA available, scope='model' rows of every engine of
+      :func:`dstcore.measure.gpu_latency.time_gpu_engines` (``device`` = the GPU's name,
+      ``threads`` 0, ``speedup`` over ``cuda_eager``, no ONNX Runtime peer).
 
     ``ideal_speedup`` = dense multiplications / multiplications with weight != 0 and input
     != 0 (model rows: summed over layers). Writes ``out_csv`` (+ ``.meta.json``) atomically.
@@ -102,14 +107,33 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                         rows += _time_layer(model_name, n, m, xin[n], layer_kernels[n],
                                             onnx_layers.get(n), nthr, b, macs[n], *reps)
                     log(f"{model_name}: layers batch={b} threads={nthr} done")
+        if gpu_wanted(gpu):
+            rows += _gpu_rows(model_name, model, [x, *_more_batches(inputs, b)], macs,
+                              gpu_compile_mode, reps)
+            log(f"{model_name}: GPU batch={b} done")
     df = pd.DataFrame(rows)
     write_results(out_csv, df, {
         "kind": "model_latency", "model": model_name, "kinds": list(kinds),
         "batch_sizes": list(batch_sizes), "thread_counts": thread_counts_used(thread_counts),
         "include_ort": include_ort, "runner_kinds": list(runner_kinds),
         "torch_compile": torch_compile, "warmup": warmup, "repeats": repeats,
-        "rounds": rounds})
+        "rounds": rounds, "gpu": gpu_name(torch.device("cuda")) if gpu_wanted(gpu) else None,
+        "gpu_compile_mode": gpu_compile_mode if gpu_wanted(gpu) else None})
     return df
+
+
+def _gpu_rows(model_name: str, model: nn.Module, batches: Sequence[Tensor],
+              macs: Mapping[str, tuple[int, int]], compile_mode: str,
+              reps: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """scope='model' rows of every GPU engine on ``batches`` (one shape)."""
+    device = torch.device("cuda")
+    res = time_gpu_engines(model, batches, device, compile_mode=compile_mode, warmup=reps[0],
+                           repeats=reps[1], rounds=reps[2])
+    d_all, e_all = sum(v[0] for v in macs.values()), sum(v[1] for v in macs.values())
+    name, b, shape = gpu_name(device), batches[0].shape[0], tuple(batches[0].shape)
+    return [_model_row(model_name, "model", model_name, "model", k, b, 0, st,
+                       res["cuda_eager"]["median_ms"], np.nan, d_all, e_all, st["max_abs_err"],
+                       np.nan, np.nan, shape, device=name) for k, st in res.items()]
 
 
 def _onnx_exports(model: nn.Module, inputs: Tensor, layer_mods: Mapping[str, nn.Module],
@@ -174,9 +198,9 @@ def _time_layer(model_name: str, name: str, mod: nn.Module, x: Tensor,
 def _model_row(model_name: str, scope: str, layer: str, ltype: str, kernel: str, batch: int,
                nthr: int, st: Mapping[str, float], dense_ms: float, compute_ms: float,
                dense_macs: int, eff_macs: int, err: float, asp: float, wsp: float,
-               shape: tuple[int, ...]) -> dict[str, Any]:
+               shape: tuple[int, ...], device: str = "cpu") -> dict[str, Any]:
     return {"model": model_name, "scope": scope, "layer": layer, "layer_type": ltype,
-            "kernel": kernel, "batch": batch, "threads": nthr, "device": "cpu",
+            "kernel": kernel, "batch": batch, "threads": nthr, "device": device,
             "median_ms": st["median_ms"], "p10_ms": st["p10_ms"], "p90_ms": st["p90_ms"],
             "mean_ms": st["mean_ms"], "std_ms": st["std_ms"], "compute_median_ms": compute_ms,
             "dense_median_ms": dense_ms, "speedup": st.get("speedup", np.nan),

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+GPU_MODES = ("auto", "off")  # latency.gpu: auto times the GPU engines when CUDA is available
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 @dataclass(frozen=True)
 class LatencySettings:
@@ -22,6 +25,8 @@ class LatencySettings:
     repeats: int = 20
     max_images: int = 64
     torch_compile: bool = False
+    gpu: str = "auto"  # one of GPU_MODES
+    gpu_compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile's mode on the GPU
     tolerance_pp: float = 0.5  # top-1 the timed models may lose against the baseline (pp)
 
     @property

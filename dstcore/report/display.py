@@ -12,12 +12,13 @@ import math
 import pandas as pd
 
 from dstcore.analysis.tables import has_beta
+from dstcore.measure.gpu_latency import GPU_ENGINES
 from dstcore.report.html import badge, interval_text, signed_interval_text
 from dstcore.sparsity.regularizers import method_label
 
 # Engines of the latency tables in the order their columns appear (others follow).
 ENGINE_ORDER = ["dense", "onnxruntime", "torch_compile", "runner_dense", "act_sparse",
-                "dual_sparse"]
+                "dual_sparse", *GPU_ENGINES]
 NOT_BRACKETED = "–"
 
 
@@ -131,12 +132,18 @@ def _engines(kernels) -> list[str]:
                                                         if k not in ENGINE_ORDER]
 
 
-def latency_pivots(latency: pd.DataFrame) -> dict[tuple[int, int], pd.DataFrame]:
-    """One table per (batch, threads): rows = experiment × model role with its sparsities,
-    columns = engine, cells = ``median ms (speedup over ONNX Runtime ×)``."""
+def latency_pivots(latency: pd.DataFrame) -> dict[tuple[str, int, int], pd.DataFrame]:
+    """One table per (device, batch, threads), the CPU's first: rows = experiment × model
+    role with its sparsities, columns = engine, cells = ``median ms (speedup ×)``: over ONNX
+    Runtime on the CPU, over ``cuda_eager`` on a GPU."""
     out = {}
     engines = _engines(latency.kernel)
-    for (batch, threads), block in latency.groupby(["batch", "threads"], sort=True):
+    order = sorted(latency.groupby(["device", "batch", "threads"]).groups,
+                   key=lambda k: (k[0] != "cpu", k))
+    for device, batch, threads in order:
+        block = latency[(latency.device == device) & (latency.batch == batch)
+                        & (latency.threads == threads)]
+        ratio = "speedup_vs_ort" if device == "cpu" else "speedup"
         rows = []
         for (exp, role), g in block.groupby(["experiment", "role"], sort=False):
             first = g.iloc[0]
@@ -144,12 +151,12 @@ def latency_pivots(latency: pd.DataFrame) -> dict[tuple[int, int], pd.DataFrame]
                    "act. sparsity %": f"{first.activation_sparsity_pct:.1f}",
                    "weight sparsity %": f"{first.weight_sparsity_pct:.1f}"}
             by_engine = g.set_index("kernel")
-            for engine in engines:
+            for engine in [e for e in engines if e in set(block.kernel)]:
                 if engine in by_engine.index:
                     r = by_engine.loc[engine]
-                    row[engine] = f"{r.median_ms:.3g} ms ({r.speedup_vs_ort:.2f}×)"
+                    row[engine] = f"{r.median_ms:.3g} ms ({r[ratio]:.2f}×)"
                 else:
                     row[engine] = ""
             rows.append(row)
-        out[(int(batch), int(threads))] = pd.DataFrame(rows)
+        out[(str(device), int(batch), int(threads))] = pd.DataFrame(rows)
     return out

@@ -252,9 +252,9 @@ def latency_vs_ort_figure(lat_models: pd.DataFrame, experiment: str) -> plt.Figu
     """Whole-model speedup over ONNX Runtime (ratio of medians) per model role and engine, one
     panel per batch size at the fewest threads measured (``lat_models``:
     :func:`~dstcore.analysis.tables.latency_table`)."""
-    lat = lat_models[lat_models.experiment == experiment]
+    lat = lat_models[(lat_models.experiment == experiment) & (lat_models.device == "cpu")]
     if lat.empty:
-        return message_figure(f"{experiment}: no whole-model latency measurements")
+        return message_figure(f"{experiment}: no whole-model latency measurements on the CPU")
     lat = lat[(lat.threads == lat.threads.min()) & (lat.kernel != "onnxruntime")]
     batches = sorted(lat.batch.unique())
     roles = list(dict.fromkeys(lat.role))

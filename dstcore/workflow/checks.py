@@ -16,7 +16,7 @@ import yaml
 
 from dstcore import DstError
 from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
-from dstcore.workflow.grid import shape_sweeps
+from dstcore.workflow.grid import RUNTIME_KEYS, shape_sweeps
 
 
 def _key_path(path) -> str:
@@ -66,7 +66,8 @@ SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nestero
 DATA_KEYS = ("train_subset", "test_subset", "subset_seed", "num_workers", "eval_batch_size",
              "verify")  # the data.* keys an experiment may set
 DUAL_KEYS = ("weight_l1", "l1_epochs", "finetune_epochs", "scope", "block_out")  # prune.*
-TOP_KEYS = {"data_root": "data", "cache_dir": "data", "download": "data", "device": "train"}
+TOP_KEYS = {"data_root": "data", "cache_dir": "data", "download": "data", "device": "train",
+            **{key: "train" for key in RUNTIME_KEYS}}
 # Where the pipeline is deliberately stricter than dst: a dual arm always fine-tunes its pruned
 # model (dst prune alone may stop right after pruning, prune.finetune_epochs = 0).
 STRICTER = {("dual", "finetune_epochs"): {"minimum": 1}}

@@ -11,6 +11,7 @@ import shlex
 
 from dstcore.core.runs import NO_METHOD, RunKind, RunSpec, structure_label, structure_parts
 from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
+from dstcore.training.config import config_field, field_default
 
 
 def shape_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
@@ -114,9 +115,17 @@ def data_args(exp: dict, config: dict) -> str:
     return _sets("data", {k: ("null" if v is None else v) for k, v in data.items()})
 
 
+# The top-level train.* keys every run takes from the pipeline config (beside device); a run's
+# command line names them only where they differ from dst's defaults.
+RUNTIME_KEYS = ("precision", "memory_format", "deterministic")
+
+
 def _schedule_args(spec: RunSpec, exp: dict, config: dict) -> str:
     section = "baseline" if spec.kind is RunKind.BASELINE else "finetune"
     train = {**exp.get(section, {}), "seed": spec.seed, "device": config["device"]}
+    for key in RUNTIME_KEYS:  # only where they differ: the commands of runs made before stay
+        if key in config and config[key] != field_default(config_field("train", key)):
+            train[key] = config[key]
     return f"{data_args(exp, config)} --set model.name={exp['model']} {_sets('train', train)}"
 
 

@@ -119,6 +119,13 @@ def latency_threads():
     return cores if isinstance(cores, int) and cores > 0 else (os.cpu_count() or 1)
 
 
+def latency_gpus(wildcards):
+    """GPUs of the latency job: its experiment's training GPUs while latency.gpu is auto."""
+    if config["latency"]["gpu"] != "auto":
+        return 0
+    return EXPERIMENTS[wildcards.exp].get("resources", {}).get("gpu", 0)
+
+
 def all_targets():
     return [f"{RESULTS}/tables/runs.csv", f"{RESULTS}/tables/layers.csv", *report_targets()]
 

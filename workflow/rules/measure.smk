@@ -37,6 +37,7 @@ rule measure_latency:
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=latency_gpus,
     params:
         results=lambda wildcards, input: os.path.dirname(os.path.dirname(input.runs)),
         tolerance=config["report"]["tolerance_pp"],
@@ -46,9 +47,12 @@ rule measure_latency:
         warmup=config["latency"]["warmup"],
         images=config["latency"]["max_images"],
         torch_compile="--torch-compile" if config["latency"]["torch_compile"] else "",
+        gpu=config["latency"]["gpu"],
+        gpu_compile_mode=config["latency"]["gpu_compile_mode"],
     shell:
         "python -m dstcore.cli latency models --runs {input.runs} --results {params.results} "
         "--experiment {wildcards.exp} --seed {wildcards.seed} --out {output.csv} "
         "--tolerance-pp {params.tolerance} --batch-sizes {params.batch_sizes} "
         "--threads {params.threads} --repeats {params.repeats} --warmup {params.warmup} "
-        "--max-images {params.images} {params.torch_compile} > {log} 2>&1"
+        "--max-images {params.images} {params.torch_compile} --gpu {params.gpu} "
+        "--gpu-compile-mode {params.gpu_compile_mode} > {log} 2>&1"

@@ -62,5 +62,22 @@ bench: $(STAMP)
 	$(BIN)/dst latency resnets --out results/bench
 	$(BIN)/snakemake latency --cores $(CORES) --configfile $(CONFIG) $(SNAKEMAKE_ARGS)
 
+# Training throughput (a benchmark, not a test): images/s, GFLOP/s and the time waiting for data
+# per model and phase, one thread, at the pipeline's batch sizes (results/bench/train_cpu.csv).
+.PHONY: bench-train bench-gpu
+bench-train: $(STAMP)
+	$(BIN)/dst bench-train --models lenet5 resnet20 --batch-sizes 64 128 --threads 1 \
+		--out results/bench/train_cpu.csv
+
+# The same on a CUDA GPU (docs/gpu.md): ResNet-20 and ResNet18 at 32x32, bf16, batch 128, with
+# the data held on the GPU and then decoded and augmented in DataLoader workers.
+bench-gpu: $(STAMP)
+	$(BIN)/dst bench-train --models resnet20 resnet18 --input-shape 3 32 32 --batch-sizes 128 \
+		--phases plain tl1 masked --device cuda --precision bf16 --no-deterministic --threads 0 \
+		--steps 50 --data resident --out results/bench/train_gpu_resident.csv
+	$(BIN)/dst bench-train --models resnet20 resnet18 --input-shape 3 32 32 --batch-sizes 128 \
+		--phases plain --device cuda --precision bf16 --no-deterministic --threads 0 \
+		--steps 50 --data loader --workers 12 --out results/bench/train_gpu_loader.csv
+
 clean-results:
 	rm -rf results/* .snakemake/incomplete

@@ -191,10 +191,33 @@ def test_two_four_mask_keeps_the_two_largest_of_every_four():
         two_four_mask(torch.ones(2, 6))
 
 
-def test_two_four_takes_linear_and_pointwise_layers_of_its_shapes():
-    model = nn.Sequential(nn.Conv2d(64, 32, 1), nn.Conv2d(32, 64, 3), nn.Conv2d(64, 32, 1,
-                          stride=2), nn.Flatten(), nn.Linear(128, 64), nn.Linear(64, 10))
-    assert two_four_layers(model) == ["0", "4"]
+def test_two_four_takes_the_gemms_of_its_shapes():
+    """out x in (C·R·S for a conv) multiples of 32 x 64, one group."""
+    model = nn.Sequential(nn.Conv2d(64, 32, 1), nn.Conv2d(32, 64, 3), nn.Conv2d(64, 32, 3),
+                          nn.Conv2d(64, 64, 3, groups=2), nn.Flatten(), nn.Linear(128, 64),
+                          nn.Linear(64, 10))
+    assert two_four_layers(model) == ["0", "2", "5"]
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(64, 32, 3, stride=2, padding=1),
+                                   nn.Conv2d(64, 32, 1), nn.Linear(64, 32)],
+                         ids=["3x3-stride2", "1x1", "linear"])
+def test_the_two_four_gemm_equals_the_layer_with_the_pruned_weight(monkeypatch, layer):
+    """The im2col / pointwise arithmetic, with the semi-structured conversion (CUDA-only)
+    replaced by the dense pruned weight: the same output as the layer itself pruned 2:4."""
+    import torch.sparse as tsp
+
+    monkeypatch.setattr(tsp, "to_sparse_semi_structured", lambda w: w)
+    torch.manual_seed(0)
+    gemm = gpu_latency.SemiStructuredGemm(layer)
+    w = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.copy_((w * two_four_mask(w)).float().reshape(layer.weight.shape))
+    x = torch.randn(2, 64, 7, 7) if isinstance(layer, nn.Conv2d) else torch.randn(5, 64)
+    with torch.no_grad():
+        got, want = gemm(x.to(torch.bfloat16)).float(), layer(x)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=0.15, rtol=0.05)
 
 
 def _tiny() -> nn.Module:
@@ -267,3 +290,48 @@ def test_a_run_trains_on_the_gpu_with_its_data_held_there(tmp_path, precision):
                                "precision": precision}, "model": {"name": "lenet5"}})
     summary = run(cfg, "train", tmp_path / precision)
     assert summary["status"] == "completed" and summary["final"]["test_top1"] > 0.5
+
+
+# ----------------------------------------------------------------------------- device run
+
+
+def test_the_gpu_overlay_config_is_valid_and_trains_every_run_on_cuda():
+    default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    overlay = yaml.safe_load((ROOT / "tests/gpu/config_gpu.yaml").read_text())
+    merged = {**default, **overlay, "latency": {**default["latency"], **overlay["latency"]}}
+    config = validate_config(merged, SCHEMA)
+    assert config["experiments"] == default["experiments"]
+    exp = config["experiments"][0]
+    assert all("--set train.device='cuda'" in run_args(s, exp, config) for s in run_specs(exp))
+
+
+def test_the_carried_packages_are_pinned_once_each():
+    lines = [ln for ln in (ROOT / "tests/gpu/packages.txt").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    names = [ln.split("==")[0] for ln in lines]
+    assert all("==" in ln for ln in lines) and len(set(names)) == len(names)
+    assert {"snakemake", "papermill", "nbconvert", "ipykernel"} <= set(names)
+
+
+def test_compare_shows_each_moved_run_and_changed_verdict(smoke, tmp_path):
+    import shutil
+
+    from dstcore.analysis.compare import compare_claims, compare_runs, summary
+
+    results, _ = smoke
+    same = summary(compare_runs(results, results), compare_claims(results, results))
+    assert same[0].endswith("0 with another status") and "largest |difference| 0.00 pp" in same[1]
+    assert same[-1].endswith("0 with another verdict")
+    other = tmp_path / "other"
+    shutil.copytree(results / "tables", other / "tables")
+    runs = pd.read_csv(other / "tables/runs.csv")
+    runs.loc[0, "top1"] += 0.0123
+    runs.to_csv(other / "tables/runs.csv", index=False)
+    claims = pd.read_csv(other / "tables/paper_vs_reproduced.csv")
+    claims.loc[0, "status"] = "flipped"
+    claims.to_csv(other / "tables/paper_vs_reproduced.csv", index=False)
+    diff = compare_runs(results, other)
+    assert diff.top1_diff.abs().max() == pytest.approx(0.0123)
+    lines = summary(diff, compare_claims(results, other))
+    assert f"top1: largest |difference| 1.23 pp ({runs.run_dir[0]})" in lines[1]
+    assert lines[-2].endswith("1 with another verdict") and lines[-1].endswith("-> flipped")

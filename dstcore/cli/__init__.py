@@ -199,6 +199,40 @@ def cmd_choose_tl1(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from dstcore.models import MODELS
+    from dstcore.training.runtime import say
+    from dstcore.training.throughput import BenchCell, phases, run_bench
+
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        raise DstError(f"--models: unknown {' '.join(unknown)}; choose from {', '.join(MODELS)}")
+    chosen = args.phases or list(phases())
+    if set(chosen) - set(phases()):
+        raise DstError(f"--phases: {' '.join(sorted(set(chosen) - set(phases())))} unknown; "
+                       f"choose from {', '.join(phases())}")
+    if min(args.batch_sizes) < 1 or args.steps < 1 or args.rounds < 1 or args.threads < 0:
+        raise DstError("--batch-sizes, --steps and --rounds must be >= 1, --threads >= 0")
+
+    def shape(model: str) -> tuple[int, int, int]:
+        if args.input_shape:
+            return tuple(args.input_shape)
+        return (3, 32, 32) if model.startswith(("resnet18", "resnet34", "resnet50")) \
+            else (1, 28, 28)
+
+    cells = [BenchCell(m, shape(m), b, ph) for m in args.models for b in args.batch_sizes
+             for ph in chosen]
+    table = run_bench(cells, args.out, device=args.device, precision=args.precision,
+                      layout=args.memory_format, threads=args.threads,
+                      deterministic=args.deterministic, steps=args.steps,
+                      warmup_steps=args.warmup_steps, rounds=args.rounds, data=args.data,
+                      workers=args.workers, log=say)
+    print(table[["model", "batch", "phase", "device", "precision", "data", "images_per_s",
+                 "step_ms", "vs_plain", "data_wait_fraction", "gflops"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
 def cmd_check_report(args: argparse.Namespace) -> int:
     from dstcore.report import browser
 
@@ -247,10 +281,21 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "latency":
             return cmd_latency(args)
+        if args.command == "bench-train":
+            return cmd_bench_train(args)
         if args.command == "check-report":
             return cmd_check_report(args)
         if args.command == "choose-tl1":
             return cmd_choose_tl1(args)
+        if args.command == "compare":
+            from dstcore.analysis.compare import compare_claims, compare_runs, summary
+            from dstcore.core.io import write_csv
+
+            runs, claims = compare_runs(args.a, args.b), compare_claims(args.a, args.b)
+            if args.out:
+                write_csv(args.out, runs)
+            print("\n".join(summary(runs, claims)))
+            return 0
         if args.command == "aggregate":
             from dstcore.analysis.aggregate import write_tables
 

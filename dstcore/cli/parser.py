@@ -69,8 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_command(sub)
     _add_latency_commands(sub.add_parser(
         "latency", help="time the sparse kernels (a benchmark, not a test)"))
+    _add_bench_command(sub)
     _add_table_commands(sub)
     return parser
+
+
+def _add_bench_command(sub) -> None:
+    from dstcore.training.config import DEVICES, MEMORY_FORMATS, PRECISIONS
+
+    p = sub.add_parser("bench-train", help="training throughput per model and phase: images/s, "
+                                           "GFLOP/s, time waiting for data (a benchmark)")
+    p.add_argument("--models", nargs="+", default=["lenet5", "resnet20"])
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
+                   help="input shape of every model (default: 1 28 28, or 3 32 32 for the "
+                        "torchvision models)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[128])
+    p.add_argument("--phases", nargs="+", help="plain, a regulariser (l1, hoyer, tl1, ...), "
+                                               "masked (default: all)")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--memory-format", choices=MEMORY_FORMATS, default="auto")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--no-deterministic", dest="deterministic", action="store_false",
+                   help="let cuDNN autotune (train.deterministic: false)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="timed epochs; the median is reported")
+    p.add_argument("--data", choices=("resident", "loader"), default="resident",
+                   help="resident: images held in memory on the device (MNIST's path); "
+                        "loader: decoded and augmented in DataLoader workers (CIFAR's path)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers (--data loader)")
+    p.add_argument("--out", type=Path, help="CSV to write (and its .meta.json)")
 
 
 def _add_data_command(sub) -> None:
@@ -188,6 +217,12 @@ def _add_table_commands(sub) -> None:
     p.add_argument("--beta", default="auto", help="'auto' or a fixed beta")
     p.add_argument("--lams", nargs="+", default=["auto"], help="'auto' or fixed lambda values")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+
+    p = sub.add_parser("compare", help="two result folders of one config, run by run (a GPU "
+                                       "run against a CPU run): differences and verdicts")
+    p.add_argument("a", type=Path, help="results folder (the reference, e.g. the CPU run)")
+    p.add_argument("b", type=Path, help="results folder compared with it")
+    p.add_argument("--out", type=Path, help="CSV of the per-run differences to write")
 
     p = sub.add_parser("aggregate", help="collect metrics.json files into tidy CSV tables")
     p.add_argument("metrics", nargs="+", type=Path, help="metrics.json files")

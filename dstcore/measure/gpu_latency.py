@@ -13,7 +13,7 @@ The engines (:data:`GPU_ENGINES`), each built for one batch shape and timed inte
   times an im2col input (:class:`dstcore.kernels.cuda.CudaSparseCSR`);
 - ``cuda_2:4_synthetic``: bfloat16 with 2:4 semi-structured weights
   (``torch.sparse.to_sparse_semi_structured``) on the layers that are GEMMs of the shapes it
-  takes (Linear, 1x1 Conv2d; out x in multiples of 32 x 64); their weights are pruned 2:4 by
+  takes (Linear, Conv2d as im2col; out x in multiples of 32 x 64); their weights are pruned 2:4 by
   magnitude here (:func:`two_four_mask`), so the model is not the trained one and its
   accuracy is not measured: the engine times what 2:4 sparsity would buy.
 
@@ -116,19 +116,22 @@ def two_four_mask(weight: Tensor) -> Tensor:
 
 
 def _two_four_fits(module: nn.Module) -> bool:
-    """Whether ``module`` is a GEMM whose weight 2:4 semi-structured bfloat16 takes."""
+    """Whether ``module`` is a GEMM whose weight 2:4 semi-structured bfloat16 takes: a Linear,
+    or a Conv2d of one group (its weight [K, C·R·S] against the im2col input), with out x in
+    multiples of 32 x 64."""
     if isinstance(module, nn.Linear):
         out, inp = module.out_features, module.in_features
-    elif isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) \
-            and module.stride == (1, 1) and module.padding == (0, 0) and module.groups == 1:
-        out, inp = module.out_channels, module.in_channels
+    elif isinstance(module, nn.Conv2d) and module.groups == 1:
+        out, inp = module.out_channels, module.weight[0].numel()
     else:
         return False
     return out % 32 == 0 and inp % 64 == 0
 
 
 class SemiStructuredGemm(nn.Module):
-    """A Linear or 1x1 Conv2d whose weight is pruned 2:4 and held semi-structured (bf16)."""
+    """A Linear or Conv2d whose weight is pruned 2:4 and held semi-structured (bf16); a conv
+    multiplies it with its input's im2col rows (``F.unfold``; a 1x1 stride-1 conv with the
+    channels_last pixels directly)."""
 
     def __init__(self, layer: nn.Linear | nn.Conv2d) -> None:
         super().__init__()
@@ -139,14 +142,25 @@ class SemiStructuredGemm(nn.Module):
         self.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
         self.bias = None if layer.bias is None else \
             nn.Parameter(layer.bias.detach().to(torch.bfloat16), requires_grad=False)
-        self.pointwise = isinstance(layer, nn.Conv2d)
+        self.conv = layer if isinstance(layer, nn.Conv2d) else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.pointwise:
+        c = self.conv
+        if c is None:
             return F.linear(x, self.weight, self.bias)
-        n, c, h, w = x.shape
-        rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
-        return F.linear(rows, self.weight, self.bias).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        n, _, h, w = x.shape
+        if c.kernel_size == (1, 1) and c.stride == (1, 1) and c.padding == (0, 0):
+            oh, ow = h, w
+            rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
+        else:
+            oh = (h + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) \
+                // c.stride[0] + 1
+            ow = (w + 2 * c.padding[1] - c.dilation[1] * (c.kernel_size[1] - 1) - 1) \
+                // c.stride[1] + 1
+            cols = F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # [N, CRS, L]
+            rows = cols.transpose(1, 2).reshape(n * oh * ow, -1)
+        y = F.linear(rows, self.weight, self.bias)
+        return y.reshape(n, oh, ow, -1).permute(0, 3, 1, 2)
 
 
 def two_four_layers(model: nn.Module) -> list[str]:
@@ -161,7 +175,7 @@ def _two_four(model: nn.Module, x: Tensor, device: torch.device, mode: str) -> E
     m = copy.deepcopy(model).to(device, torch.bfloat16).eval()
     names = two_four_layers(m)
     if not names:
-        raise RuntimeError("no Linear or 1x1 Conv2d layer of a shape 2:4 takes "
+        raise RuntimeError("no Linear or Conv2d layer of a shape 2:4 takes "
                            "(out x in multiples of 32 x 64)")
     for name in names:
         parent_name, _, attr = name.rpartition(".")

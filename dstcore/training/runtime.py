@@ -54,9 +54,19 @@ def configure_runtime(threads: int, deterministic: bool, device: torch.device | 
     torch.backends.cudnn.benchmark = not deterministic and device is not None \
         and device.type == "cuda"
     if device is not None and device.type == "cuda":
-        fp32 = "tf32" if precision == "tf32" else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = fp32
-        torch.backends.cudnn.conv.fp32_precision = fp32
+        set_tf32(precision == "tf32")
+
+
+def set_tf32(on: bool) -> None:
+    """TF32 (or IEEE float32) for cuBLAS matmuls and cuDNN convolutions; torch releases
+    without the ``fp32_precision`` settings take the older ``allow_tf32`` flags."""
+    if hasattr(torch.backends.cudnn, "conv") and \
+            hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -253,10 +253,11 @@ def test_gpu_rows_join_the_latency_table_with_the_gpu_name(tmp_path, monkeypatch
     df = model_latency.measure_model_latency(
         _tiny(), torch.randn(4, 1, 8, 8), tmp_path / "lat.csv", kinds=(), batch_sizes=(2,),
         thread_counts=(1,), include_ort=False, runner_kinds=(), per_layer=False, warmup=1,
-        repeats=2, rounds=1, gpu="auto")
+        repeats=2, rounds=1, gpu="auto", gpu_batch_sizes=(2, 3))
     gpu = df[df.device == "Fake GPU"]
     assert set(gpu.kernel) == {"cuda_eager", "cuda_bf16"} and set(gpu.threads) == {0}
-    assert gpu.set_index("kernel").loc["cuda_eager", "speedup"] == 1.0
+    assert sorted(gpu.batch) == [2, 2, 3, 3] and set(df[df.device == "cpu"].batch) == {2}
+    assert (gpu[gpu.kernel == "cuda_eager"].speedup == 1.0).all()
     assert gpu.max_abs_err.max() < 0.1 and gpu.speedup_vs_ort.isna().all()
     assert set(df[df.device == "cpu"].kernel) == {"dense"}
     back = pd.read_csv(tmp_path / "lat.csv")

@@ -137,8 +137,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
         return 0
     if args.what == "resnets":
         return _latency_resnets(args, say)
-    if min(args.threads) < 0 or min(args.batch_sizes) < 1 or args.repeats < 1:
-        raise DstError("--threads must be >= 0, --batch-sizes >= 1 and --repeats >= 1")
+    if min(args.threads) < 0 or min(args.batch_sizes + args.gpu_batch_sizes) < 1 \
+            or args.repeats < 1:
+        raise DstError("--threads must be >= 0, --batch-sizes and --gpu-batch-sizes >= 1 and "
+                       "--repeats >= 1")
     from dstcore.measure.experiment import measure_experiment
 
     threads = [t or None for t in args.threads]
@@ -146,8 +148,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         args.runs, args.results, args.experiment, args.seed, args.out,
         tolerance_pp=args.tolerance_pp, batch_sizes=args.batch_sizes, thread_counts=threads,
         warmup=args.warmup, repeats=args.repeats, max_images=args.max_images,
-        torch_compile=args.torch_compile, gpu=args.gpu, gpu_compile_mode=args.gpu_compile_mode,
-        log=say)
+        torch_compile=args.torch_compile, gpu=args.gpu, gpu_batch_sizes=args.gpu_batch_sizes,
+        gpu_compile_mode=args.gpu_compile_mode, log=say)
     model = table[(table.scope == "model") & (table.batch == min(args.batch_sizes))]
     print(model[["role", "kernel", "device", "threads", "median_ms", "speedup",
                  "ideal_speedup"]]

@@ -187,6 +187,8 @@ def _add_latency_commands(p: argparse.ArgumentParser) -> None:
     q.add_argument("--gpu", choices=GPU_MODES, default=lat_defaults.gpu,
                    help="auto: also time the GPU engines (cuDNN, bf16, torch.compile, CUDA "
                         "graphs, sparse CSR, 2:4) when CUDA is available; off: the CPU only")
+    q.add_argument("--gpu-batch-sizes", type=int, nargs="+",
+                   default=list(lat_defaults.gpu_batch_sizes), help="batch sizes on the GPU")
     q.add_argument("--gpu-compile-mode", choices=COMPILE_MODES,
                    default=lat_defaults.gpu_compile_mode, help="torch.compile's mode on the GPU")
 

@@ -67,6 +67,7 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
                        max_images: int = _DEFAULTS.max_images,
                        torch_compile: bool = _DEFAULTS.torch_compile,
                        gpu: str = _DEFAULTS.gpu,
+                       gpu_batch_sizes: Sequence[int] = _DEFAULTS.gpu_batch_sizes,
                        gpu_compile_mode: str = _DEFAULTS.gpu_compile_mode,
                        log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Time the baseline, best TL1 and best dual sparse model of one experiment and seed.
@@ -77,8 +78,8 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
     seed, role and run_dir, and a ``.meta.json`` sidecar with the machine, threads and library
     versions. ``torch_compile`` adds ``torch.compile`` as the end-to-end engine
     'torch_compile' (seconds of compilation per model, batch size and thread count);
-    ``gpu`` ``auto`` adds the GPU engines when CUDA is available (``gpu_compile_mode``: the
-    mode of their ``torch.compile``).
+    ``gpu`` ``auto`` adds the GPU engines at ``gpu_batch_sizes`` when CUDA is available
+    (``gpu_compile_mode``: the mode of their ``torch.compile``).
     """
     from dstcore.data.datasets import load_dataset
     from dstcore.data.loaders import make_loader
@@ -102,6 +103,7 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
                                        batch_sizes=batch_sizes, thread_counts=thread_counts,
                                        warmup=warmup, repeats=repeats, model_name=role,
                                        torch_compile=torch_compile, gpu=gpu,
+                                       gpu_batch_sizes=gpu_batch_sizes,
                                        gpu_compile_mode=gpu_compile_mode, log=log)
             frames.append(df.assign(experiment=experiment, seed=seed, role=role,
                                     run_dir=run_dir))
@@ -111,5 +113,6 @@ def measure_experiment(runs_csv: str | Path, results_dir: str | Path, experiment
         "runs": chosen, "tolerance_pp": tolerance_pp, "batch_sizes": list(batch_sizes),
         "thread_counts": thread_counts_used(thread_counts),
         "warmup": warmup, "repeats": repeats, "max_images": max_images,
-        "torch_compile": torch_compile, "gpu": gpu, "gpu_compile_mode": gpu_compile_mode})
+        "torch_compile": torch_compile, "gpu": gpu, "gpu_batch_sizes": list(gpu_batch_sizes),
+        "gpu_compile_mode": gpu_compile_mode})
     return table

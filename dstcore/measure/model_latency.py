@@ -60,6 +60,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                           per_layer: bool = True, warmup: int = 3, repeats: int = 20,
                           rounds: int = 4, model_name: str = "model",
                           torch_compile: bool = False, gpu: str = "off",
+                          gpu_batch_sizes: Sequence[int] = (1, 256),
                           gpu_compile_mode: str = "max-autotune-no-cudagraphs",
                           log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Per-layer and end-to-end latency of ``model`` for every kernel and ONNX Runtime.
@@ -76,7 +77,8 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
     - scope='layer': every Conv2d/Linear on the exact input it sees in the dense model,
       each kernel (also the first layer), dense torch and the layer exported alone to ORT;
       ``compute_median_ms`` excludes per-call input compression;
-    - with ``gpu`` ``auto`` and CUDA available, scope='model' rows of every engine of
+    - with ``gpu`` ``auto`` and CUDA available, for each of ``gpu_batch_sizes``,
+      scope='model' rows of every engine of
       :func:`dstcore.measure.gpu_latency.time_gpu_engines` (``device`` = the GPU's name,
       ``threads`` 0, ``speedup`` over ``cuda_eager``, no ONNX Runtime peer).
 
@@ -107,10 +109,13 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
                         rows += _time_layer(model_name, n, m, xin[n], layer_kernels[n],
                                             onnx_layers.get(n), nthr, b, macs[n], *reps)
                     log(f"{model_name}: layers batch={b} threads={nthr} done")
-        if gpu_wanted(gpu):
-            rows += _gpu_rows(model_name, model, [x, *_more_batches(inputs, b)], macs,
-                              gpu_compile_mode, reps)
-            log(f"{model_name}: GPU batch={b} done")
+    for b in gpu_batch_sizes if gpu_wanted(gpu) else ():
+        x = _batch_of(inputs, b)
+        xin = layer_inputs(model, x)
+        macs = {n: layer_macs(m, xin[n], m.weight.detach()) for n, m in layer_mods.items()}
+        rows += _gpu_rows(model_name, model, [x, *_more_batches(inputs, b)], macs,
+                          gpu_compile_mode, reps)
+        log(f"{model_name}: GPU batch={b} done")
     df = pd.DataFrame(rows)
     write_results(out_csv, df, {
         "kind": "model_latency", "model": model_name, "kinds": list(kinds),
@@ -118,6 +123,7 @@ def measure_model_latency(model: nn.Module, inputs: Tensor, out_csv: str | Path,
         "include_ort": include_ort, "runner_kinds": list(runner_kinds),
         "torch_compile": torch_compile, "warmup": warmup, "repeats": repeats,
         "rounds": rounds, "gpu": gpu_name(torch.device("cuda")) if gpu_wanted(gpu) else None,
+        "gpu_batch_sizes": list(gpu_batch_sizes) if gpu_wanted(gpu) else [],
         "gpu_compile_mode": gpu_compile_mode if gpu_wanted(gpu) else None})
     return df
 

@@ -26,6 +26,7 @@ class LatencySettings:
     max_images: int = 64
     torch_compile: bool = False
     gpu: str = "auto"  # one of GPU_MODES
+    gpu_batch_sizes: tuple[int, ...] = (1, 256)  # batch sizes of the GPU engines
     gpu_compile_mode: str = "max-autotune-no-cudagraphs"  # torch.compile's mode on the GPU
     tolerance_pp: float = 0.5  # top-1 the timed models may lose against the baseline (pp)
 

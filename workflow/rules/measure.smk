@@ -48,6 +48,7 @@ rule measure_latency:
         images=config["latency"]["max_images"],
         torch_compile="--torch-compile" if config["latency"]["torch_compile"] else "",
         gpu=config["latency"]["gpu"],
+        gpu_batch_sizes=" ".join(map(str, config["latency"]["gpu_batch_sizes"])),
         gpu_compile_mode=config["latency"]["gpu_compile_mode"],
     shell:
         "python -m dstcore.cli latency models --runs {input.runs} --results {params.results} "
@@ -55,4 +56,5 @@ rule measure_latency:
         "--tolerance-pp {params.tolerance} --batch-sizes {params.batch_sizes} "
         "--threads {params.threads} --repeats {params.repeats} --warmup {params.warmup} "
         "--max-images {params.images} {params.torch_compile} --gpu {params.gpu} "
-        "--gpu-compile-mode {params.gpu_compile_mode} > {log} 2>&1"
+        "--gpu-batch-sizes {params.gpu_batch_sizes} --gpu-compile-mode {params.gpu_compile_mode} "
+        "> {log} 2>&1"

@@ -228,9 +228,9 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
                       layout=args.memory_format, threads=args.threads,
                       deterministic=args.deterministic, steps=args.steps,
                       warmup_steps=args.warmup_steps, rounds=args.rounds, data=args.data,
-                      workers=args.workers, log=say)
-    print(table[["model", "batch", "phase", "device", "precision", "data", "images_per_s",
-                 "step_ms", "vs_plain", "data_wait_fraction", "gflops"]]
+                      workers=args.workers, compiled=args.compile, log=say)
+    print(table[["model", "batch", "phase", "device", "precision", "memory_format", "compiled",
+                 "data", "images_per_s", "step_ms", "vs_plain", "data_wait_fraction", "gflops"]]
           .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     return 0
 

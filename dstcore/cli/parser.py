@@ -99,6 +99,8 @@ def _add_bench_command(sub) -> None:
                    help="resident: images held in memory on the device (MNIST's path); "
                         "loader: decoded and augmented in DataLoader workers (CIFAR's path)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers (--data loader)")
+    p.add_argument("--compile", action="store_true",
+                   help="train the model under torch.compile (compiled in the warm-up steps)")
     p.add_argument("--out", type=Path, help="CSV to write (and its .meta.json)")
 
 

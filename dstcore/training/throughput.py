@@ -128,8 +128,10 @@ def _setup(cell: BenchCell, device: torch.device, cfg: RunConfig):
 
 
 def measure_cell(cell: BenchCell, cfg: RunConfig, *, steps: int, warmup_steps: int,
-                 rounds: int, data: str, workers: int) -> dict:
-    """Throughput of one cell with the device, precision and layout of ``cfg.train``."""
+                 rounds: int, data: str, workers: int, compiled: bool = False) -> dict:
+    """Throughput of one cell with the device, precision and layout of ``cfg.train``;
+    ``compiled``: the model under ``torch.compile`` (default mode; compiled in the warm-up,
+    whose seconds are ``warmup_s``)."""
     device = resolve_device(cfg.train.device)
     layout = memory_format(cfg.train.memory_format, device)
     model, optimizer, penalty = _setup(cell, device, cfg)
@@ -140,26 +142,29 @@ def measure_cell(cell: BenchCell, cfg: RunConfig, *, steps: int, warmup_steps: i
     x0 = x0.to(device, memory_format=layout)
     with autocast(device, cfg.train.precision):
         flops = step_flops(model, x0, y0.to(device))
+    if compiled:
+        torch._dynamo.reset()
+    run_model = torch.compile(model) if compiled else model
 
     def epoch(seed: int, count: int) -> tuple[float, float]:
         batches = TimedBatches(_Steps(loader.epoch(seed), count))
         t0 = time.perf_counter()
         with penalty if penalty is not None else contextlib.nullcontext():
-            train_one_epoch(model, batches, optimizer, device, penalty, BENCH_LAM, 0.0,
+            train_one_epoch(run_model, batches, optimizer, device, penalty, BENCH_LAM, 0.0,
                             "bench", precision=cfg.train.precision, layout=layout)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0, batches.waited
 
-    if warmup_steps:
-        epoch(0, warmup_steps)
+    warmup_s = epoch(0, warmup_steps)[0] if warmup_steps else 0.0
     timed = [epoch(r + 1, steps) for r in range(max(rounds, 1))]
     seconds = statistics.median(t for t, _ in timed)
     waited = statistics.median(w / t for t, w in timed)
     return {"model": cell.model, "input_shape": "x".join(map(str, cell.input_shape)),
             "batch": n, "phase": cell.phase, "device": _device_name(device),
             "precision": cfg.train.precision, "memory_format": str(layout).split(".")[-1],
-            "data": data, "workers": workers if data == "loader" else 0, "steps": steps,
+            "data": data, "workers": workers if data == "loader" else 0,
+            "compiled": compiled, "warmup_s": warmup_s, "steps": steps,
             "rounds": len(timed), "images_per_s": n * steps / seconds,
             "step_ms": 1e3 * seconds / steps, "data_wait_fraction": waited,
             "gflop_per_step": flops / 1e9, "gflops": flops * steps / seconds / 1e9}
@@ -196,11 +201,13 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
               precision: str = "fp32", layout: str = "auto", threads: int = 0,
               deterministic: bool = True, steps: int = 20, warmup_steps: int = 3,
               rounds: int = 3, data: str = "resident", workers: int = 4,
+              compiled: bool = False,
               log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Every cell's throughput (:func:`measure_cell`) as a table, written to ``out_csv``
     (with a ``.meta.json`` of the machine) when given; ``vs_plain`` is a cell's step time
     over the plain phase's of the same model and batch. The run config's keys (device,
-    precision, layout, threads, determinism) mean what they mean for training."""
+    precision, layout, threads, determinism) mean what they mean for training; ``compiled``
+    trains the model under ``torch.compile``."""
     from dstcore.measure.sidecar import write_results
     from dstcore.training.config import from_dict, validate
 
@@ -215,7 +222,7 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
     rows = []
     for cell in cells:
         rows.append(measure_cell(cell, cfg, steps=steps, warmup_steps=warmup_steps,
-                                 rounds=rounds, data=data, workers=workers))
+                                 rounds=rounds, data=data, workers=workers, compiled=compiled))
         if log:
             r = rows[-1]
             log(f"{cell.model} {cell.phase} batch {cell.batch_size}: {r['images_per_s']:.0f} "

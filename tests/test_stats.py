@@ -97,3 +97,28 @@ def test_ordering_status_rule():
     assert ordering_status(Interval(-1.0, -1.5, -0.5, 3)) == "does not hold"
     assert ordering_status(Interval(0.5, -0.3, 1.3, 3)) == "undecided"
     assert ordering_status(Interval(2.0, math.nan, math.nan, 1)) == "undecided"
+
+
+def test_t_power_matches_the_textbook_paired_t_sample_sizes():
+    """Two-sided paired t at alpha 0.05: d_z = 1 needs 10 seeds for 80% power (0.803; 9 give
+    0.748), d_z = 0.5 needs 34 (0.808; 33 give 0.795), as G*Power tabulates."""
+    from dstcore.analysis.stats import t_power
+
+    assert t_power(1.0, 10) == pytest.approx(0.803, abs=1e-3)
+    assert t_power(1.0, 9) == pytest.approx(0.748, abs=1e-3)
+    assert t_power(0.5, 34) == pytest.approx(0.808, abs=1e-3)
+    assert t_power(0.5, 33) == pytest.approx(0.795, abs=1e-3)
+    assert t_power(1.0, 1) == 0.0
+
+
+def test_seeds_needed_recovers_the_spread_from_the_interval():
+    """Differences 0, 1, 2 (mean 1, s = 1, d_z = 1): 10 seeds; doubling the spread: d_z 0.5,
+    34 seeds; no spread or one seed: not told."""
+    from dstcore.analysis.stats import seeds_needed
+
+    assert seeds_needed(t_interval([0.0, 1.0, 2.0])) == 10
+    assert seeds_needed(t_interval([-1.0, 1.0, 3.0])) == 34
+    assert seeds_needed(t_interval([-1.0, 1.0, 3.0]), power=0.9) > 34
+    assert seeds_needed(t_interval([1.0, 1.0, 1.0])) is None
+    assert seeds_needed(t_interval([1.0])) is None
+    assert seeds_needed(t_interval([-1e-6, 1e-6 + 1e-9, 0.0])) is None  # beyond 10,000

@@ -26,7 +26,15 @@ from dstcore.analysis.frontier import (
     per_seed,
     tl1_vs_best_other,
 )
-from dstcore.analysis.stats import Interval, claim_status, ordering_status, paired, relative, t_interval
+from dstcore.analysis.stats import (
+    Interval,
+    claim_status,
+    ordering_status,
+    paired,
+    relative,
+    seeds_needed,
+    t_interval,
+)
 from dstcore.analysis.tables import best_dual
 from dstcore.core.runs import ELEMENT, RunKind, structure_family
 from dstcore.sparsity.regularizers import PROPOSED, method_label
@@ -43,7 +51,8 @@ MAC_CLAIMS = [  # (claim, model, paper value): 1 - effective / dense multiplicat
 READINGS = ("points", "relative")
 REFERENCES = (RunKind.BASELINE, RunKind.CONTROL)  # the runs a gain is taken against
 CLAIM_COLUMNS = ["claim", "paper_value", "reading", "reference", "reproduced_mean", "ci_low",
-                 "ci_high", "seeds", "status", "experiment", "computed_as", "rule", "detail"]
+                 "ci_high", "seeds", "status", "experiment", "computed_as", "rule", "detail",
+                 "seeds_needed"]
 # How each kind of row is computed (``rule`` of a row; ``{drop}``: the accuracy tolerance in pp,
 # ``{name}``: the proposed method). A row's ``detail`` holds what is particular to it, and its
 # ``computed_as`` both, for readers of the CSV.
@@ -59,7 +68,9 @@ CLAIM_RULES = {
             "top-1 is within {drop:g} pp of the baseline's; 95% t interval over seeds.",
     "ordering": "{name} (its best β) minus the best other method (by mean) frontier sparsity at "
                 "{drop:g} pp below the baseline, paired by seed: holds when the 95% t interval "
-                "lies above 0, does not hold below 0, undecided when it spans 0.",
+                "lies above 0, does not hold below 0, undecided when it spans 0; an undecided "
+                "row gives the seeds a paired t test would need to decide it with 80% power if "
+                "the per-seed differences kept their mean and spread (column seeds_needed).",
     "not run": "The configuration has no experiment with the claim's model and dataset.",
 }
 
@@ -219,7 +230,13 @@ def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
         return {**row, "status": "undecided",
                 "detail": "a frontier is not bracketed at that accuracy: no comparison"}
     ci = found["interval"]
+    status = ordering_status(ci)
+    detail = f"{name} β = {found['tl1_beta']:g} minus {method_label(found['other'])}"
+    needed = seeds_needed(ci) if status == "undecided" else None
+    if status == "undecided":
+        detail += (f"; {needed} seeds would decide it at this mean and spread (paired t, 80% "
+                   f"power)" if needed is not None else "; no seed count would decide it at "
+                   "this mean and spread")
     return {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-            "seeds": ci.n, "status": ordering_status(ci),
-            "detail": f"{name} β = {found['tl1_beta']:g} minus "
-                      f"{method_label(found['other'])}"}
+            "seeds": ci.n, "status": status, "detail": detail,
+            "seeds_needed": math.nan if needed is None else needed}

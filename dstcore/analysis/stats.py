@@ -99,3 +99,39 @@ def ordering_status(difference: Interval) -> str:
     if difference.high < 0:
         return "does not hold"
     return "undecided"
+
+
+def t_power(effect: float, n: int, alpha: float = 1 - CONFIDENCE) -> float:
+    """Power of the two-sided one-sample (paired) t test at level ``alpha`` with ``n`` seeds
+    when the true mean over the spread is ``effect`` (Cohen's d_z): P(|T| > t_crit) with T
+    noncentral t, n - 1 degrees of freedom, noncentrality effect·√n."""
+    if n < 2:
+        return 0.0
+    df, nc = n - 1, effect * math.sqrt(n)
+    crit = scipy_stats.t.ppf(1 - alpha / 2, df)
+    return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc))
+
+
+def seeds_needed(interval: Interval, power: float = 0.8, confidence: float = CONFIDENCE,
+                 most: int = 10_000) -> int | None:
+    """The fewest seeds whose paired t interval would exclude 0 with probability ``power``
+    if the per-seed differences had ``interval``'s mean and spread (the spread recovered from
+    its half-width: s = half · √n / t). None when it cannot be told (fewer than 2 seeds, no
+    spread, a zero mean) or more than ``most`` would be needed."""
+    n = interval.n
+    if n < 2 or not math.isfinite(interval.low) or interval.mean == 0:
+        return None
+    half = (interval.high - interval.low) / 2
+    sd = half * math.sqrt(n) / scipy_stats.t.ppf((1 + confidence) / 2, n - 1)
+    if sd <= 0:
+        return None
+    effect = abs(interval.mean) / sd
+    k = 2
+    while k <= most and t_power(effect, k, 1 - confidence) < power:
+        k = k + 1 if k < 64 else int(k * 1.05) + 1
+    if k > most:
+        return None
+    while k > 2 and t_power(effect, k - 1, 1 - confidence) >= power:  # back from a coarse step
+        k -= 1
+    return k
+

@@ -403,3 +403,20 @@ def test_report_opens_with_the_verdicts_and_each_section_with_its_figures(render
         assert sections[section][0] == "img", section
     for details in soup.find_all("details"):
         assert details.get("open") is None and details.find("table") is not None
+
+
+def test_undecided_orderings_say_how_many_seeds_would_decide_them(rendered):
+    """The smoke run's ordering rows: an undecided one carries the seeds a paired t test would
+    need (80% power) in its CSV column and in the report's verdict text."""
+    from dstcore.analysis.stats import Interval, seeds_needed
+
+    results, _, soup, _ = rendered
+    claims = pd.read_csv(results / "tables/paper_vs_reproduced.csv")
+    undecided = claims[(claims.rule == "ordering") & (claims.status == "undecided")
+                       & claims.seeds.ge(2)]
+    assert not undecided.empty
+    for r in undecided.itertuples():
+        expect = seeds_needed(Interval(r.reproduced_mean, r.ci_low, r.ci_high, int(r.seeds)))
+        assert r.seeds_needed == expect and expect >= 2
+        assert f"{expect} seeds would decide it" in r.detail
+        assert f"{expect} seeds would decide it" in soup.get_text()

@@ -14,7 +14,6 @@ import pandas as pd
 
 from dstcore import DstError
 
-RUN_KEYS = ["run_dir"]
 MEASURES = ("top1", "activation_sparsity", "weight_sparsity")
 
 

@@ -24,9 +24,15 @@ from dstcore.data.datasets import DataBundle, TensorImages
 Batches = Iterable[tuple[Tensor, Tensor]]  # (images [B, C, H, W] float32, labels [B] int64)
 
 
-def _in_memory(dataset: Dataset) -> TensorImages | None:
+def _in_memory(dataset: Dataset) -> tuple[TensorImages, Tensor] | None:
+    """(the TensorImages, the indices of ``dataset`` in it) for a TensorImages or a Subset of
+    one; None for other datasets."""
     base = dataset.dataset if isinstance(dataset, Subset) else dataset
-    return base if isinstance(base, TensorImages) else None
+    if not isinstance(base, TensorImages):
+        return None
+    indices = torch.as_tensor(dataset.indices) if isinstance(dataset, Subset) \
+        else torch.arange(len(base))
+    return base, indices
 
 
 def hold_on_device(bundle: DataBundle, device: torch.device) -> DataBundle:
@@ -39,11 +45,10 @@ def hold_on_device(bundle: DataBundle, device: torch.device) -> DataBundle:
 
 
 def _moved(dataset: Dataset, device: torch.device) -> Dataset:
-    base = _in_memory(dataset)
-    if base is None:
+    found = _in_memory(dataset)
+    if found is None:
         return dataset
-    index = torch.as_tensor(dataset.indices) if isinstance(dataset, Subset) \
-        else torch.arange(len(base))
+    base, index = found
     return TensorImages(base.images[index], base.labels[index],
                         tuple(base.mean.flatten().tolist()), tuple(base.std.flatten().tolist()),
                         base.scale).to(device)
@@ -55,10 +60,7 @@ class TensorBatchLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool,
                  generator: torch.Generator | None = None) -> None:
-        if isinstance(dataset, Subset):
-            self.base, self.indices = dataset.dataset, torch.as_tensor(dataset.indices)
-        else:
-            self.base, self.indices = dataset, torch.arange(len(dataset))
+        self.base, self.indices = _in_memory(dataset)
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
 
     def __len__(self) -> int:

@@ -50,8 +50,7 @@ def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | Non
     batches = [x, *more]
 
     def cycling(run: Callable[[Tensor], Any]) -> Callable[[], Any]:
-        it = itertools.cycle(batches)
-        return lambda: run(next(it))
+        return cycle_batches(run, batches)
 
     with torch.no_grad():
         ref = model(x)
@@ -77,6 +76,12 @@ def time_engines(model: nn.Module, x: Tensor, nthr: int, onnx_model: bytes | Non
         st["speedup_vs_ort"] = ort_ms / st["median_ms"]
         st["max_abs_err"] = errs[name]
     return res
+
+
+def cycle_batches(run: Callable[[Tensor], Any], batches: Sequence[Tensor]) -> Callable[[], Any]:
+    """A no-argument call of ``run`` on the next of ``batches``, cyclically."""
+    it = itertools.cycle(batches)
+    return lambda: run(next(it))
 
 
 def compile_torch(model: nn.Module,

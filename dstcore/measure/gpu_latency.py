@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dstcore.measure.engines import _root_reason, max_abs_err
+from dstcore.measure.engines import _root_reason, cycle_batches, max_abs_err
 from dstcore.measure.timing import time_interleaved
 
 GPU_ENGINES = ("cuda_eager", "cuda_bf16", "cuda_compile", "cuda_graph", "cuda_sparse_csr",
@@ -137,12 +137,14 @@ class SemiStructuredGemm(nn.Module):
         super().__init__()
         from torch.sparse import to_sparse_semi_structured
 
+        from dstcore.kernels.cpu import conv_params
+
         w = layer.weight.detach().reshape(layer.weight.shape[0], -1).to(torch.bfloat16)
         w = w * two_four_mask(w)
         self.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
         self.bias = None if layer.bias is None else \
             nn.Parameter(layer.bias.detach().to(torch.bfloat16), requires_grad=False)
-        self.conv = layer if isinstance(layer, nn.Conv2d) else None
+        self.conv = conv_params(layer) if isinstance(layer, nn.Conv2d) else None
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
@@ -153,10 +155,7 @@ class SemiStructuredGemm(nn.Module):
             oh, ow = h, w
             rows = x.permute(0, 2, 3, 1).reshape(n * h * w, -1)
         else:
-            oh = (h + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) \
-                // c.stride[0] + 1
-            ow = (w + 2 * c.padding[1] - c.dilation[1] * (c.kernel_size[1] - 1) - 1) \
-                // c.stride[1] + 1
+            oh, ow = c.out_hw(h, w)
             cols = F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # [N, CRS, L]
             rows = cols.transpose(1, 2).reshape(n * oh * ow, -1)
         y = F.linear(rows, self.weight, self.bias)
@@ -221,19 +220,8 @@ def time_gpu_engines(model: nn.Module, batches: Sequence[Tensor], device: torch.
     with torch.no_grad():
         ref = built["cuda_eager"](xs[0])
         errs = {name: max_abs_err(fn(xs[0]), ref) for name, fn in built.items()}
-        fns = {name: _cycling(fn, xs) for name, fn in built.items()}
+        fns = {name: cycle_batches(fn, xs) for name, fn in built.items()}
         res = time_interleaved(fns, warmup, repeats, rounds, reference="cuda_eager", sync=sync)
     for name, st in res.items():
         st["max_abs_err"] = errs[name]
     return res
-
-
-def _cycling(fn: Engine, xs: Sequence[Tensor]) -> Callable[[], Tensor]:
-    state = {"i": 0}
-
-    def call() -> Tensor:
-        x = xs[state["i"] % len(xs)]
-        state["i"] += 1
-        return fn(x)
-
-    return call

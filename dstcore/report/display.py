@@ -138,12 +138,11 @@ def latency_pivots(latency: pd.DataFrame) -> dict[tuple[str, int, int], pd.DataF
     Runtime on the CPU, over ``cuda_eager`` on a GPU."""
     out = {}
     engines = _engines(latency.kernel)
-    order = sorted(latency.groupby(["device", "batch", "threads"]).groups,
-                   key=lambda k: (k[0] != "cpu", k))
-    for device, batch, threads in order:
-        block = latency[(latency.device == device) & (latency.batch == batch)
-                        & (latency.threads == threads)]
+    blocks = dict(list(latency.groupby(["device", "batch", "threads"])))
+    for device, batch, threads in sorted(blocks, key=lambda k: (k[0] != "cpu", k)):
+        block = blocks[(device, batch, threads)]
         ratio = "speedup_vs_ort" if device == "cpu" else "speedup"
+        shown = [e for e in engines if e in set(block.kernel)]
         rows = []
         for (exp, role), g in block.groupby(["experiment", "role"], sort=False):
             first = g.iloc[0]
@@ -151,7 +150,7 @@ def latency_pivots(latency: pd.DataFrame) -> dict[tuple[str, int, int], pd.DataF
                    "act. sparsity %": f"{first.activation_sparsity_pct:.1f}",
                    "weight sparsity %": f"{first.weight_sparsity_pct:.1f}"}
             by_engine = g.set_index("kernel")
-            for engine in [e for e in engines if e in set(block.kernel)]:
+            for engine in shown:
                 if engine in by_engine.index:
                     r = by_engine.loc[engine]
                     row[engine] = f"{r.median_ms:.3g} ms ({r[ratio]:.2f}×)"

@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dstcore import DstError
 from dstcore.data.datasets import CifarImages, TensorImages, get_spec, image_transforms
 from dstcore.data.loaders import TrainLoader
+from dstcore.measure.gpu_latency import gpu_name
 from dstcore.models import build_model
 from dstcore.sparsity.activations import activation_layers
 from dstcore.sparsity.pruning import prune_weights
@@ -161,17 +162,13 @@ def measure_cell(cell: BenchCell, cfg: RunConfig, *, steps: int, warmup_steps: i
     seconds = statistics.median(t for t, _ in timed)
     waited = statistics.median(w / t for t, w in timed)
     return {"model": cell.model, "input_shape": "x".join(map(str, cell.input_shape)),
-            "batch": n, "phase": cell.phase, "device": _device_name(device),
+            "batch": n, "phase": cell.phase, "device": gpu_name(device),
             "precision": cfg.train.precision, "memory_format": str(layout).split(".")[-1],
             "data": data, "workers": workers if data == "loader" else 0,
             "compiled": compiled, "warmup_s": warmup_s, "steps": steps,
             "rounds": len(timed), "images_per_s": n * steps / seconds,
             "step_ms": 1e3 * seconds / steps, "data_wait_fraction": waited,
             "gflop_per_step": flops / 1e9, "gflops": flops * steps / seconds / 1e9}
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 class _Steps:
@@ -217,8 +214,9 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
     cfg = validate(from_dict({"train": {"device": device, "precision": precision,
                                         "memory_format": layout, "threads": threads,
                                         "deterministic": deterministic}}))
-    check_precision(precision, resolve_device(device))
-    configure_runtime(threads, deterministic, resolve_device(device), precision)
+    where = resolve_device(device)
+    check_precision(precision, where)
+    configure_runtime(threads, deterministic, where, precision)
     rows = []
     for cell in cells:
         rows.append(measure_cell(cell, cfg, steps=steps, warmup_steps=warmup_steps,
@@ -235,5 +233,5 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
         write_results(out_csv, table, {"kind": "training_throughput", "threads": threads,
                                        "deterministic": deterministic,
                                        "torch_threads": torch.get_num_threads(),
-                                       "gpu": _device_name(resolve_device(device))})
+                                       "gpu": gpu_name(where)})
     return table

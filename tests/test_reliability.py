@@ -38,8 +38,8 @@ def baseline_only_config(results) -> dict:
     """One LeNet5/MNIST baseline whose epochs last a couple of seconds each."""
     config = smoke_config(results)
     exp = config["experiments"][0]
-    for key in ("finetune", "regularizers", "dual"):
-        exp.pop(key)
+    for key in ("finetune", "regularizers", "fatrelu", "dual"):
+        exp.pop(key, None)
     exp["data"] = {"train_subset": 12000, "test_subset": 500}
     exp["baseline"] = {"epochs": 3, "batch_size": 32, "lr": 0.05}
     config["experiments"] = [exp]

@@ -134,7 +134,8 @@ def test_frontier_table_matches_recomputation(rendered):
         target = 100 * rows[rows.kind == "baseline"].top1.mean() - r.accuracy_drop_pp
         values = []
         for seed in sorted(rows[rows.kind == "baseline"].seed.unique()):
-            sweep = rows[(rows.seed == seed) & (rows.kind == "actreg") & (rows.method == r.method)]
+            kind = "threshold" if r.method == "fatrelu" else "actreg"
+            sweep = rows[(rows.seed == seed) & (rows.kind == kind) & (rows.method == r.method)]
             if r.method == "tl1":
                 sweep = sweep[sweep.beta == r.beta]
             control = rows[(rows.seed == seed) & (rows.kind == "control")]
@@ -261,7 +262,8 @@ def test_latency_table_matches_the_latency_csv(rendered):
     shown = html_table(soup, "latency")
     lat = pd.concat([pd.read_csv(p) for p in sorted((results / "latency").rglob("seed*.csv"))])
     model = lat[lat.scope == "model"]
-    assert set(model.role) == {"baseline", "best_tl1", "best_dual", "best_dual_block"}
+    assert set(model.role) == {"baseline", "best_tl1", "best_fatrelu", "best_dual",
+                               "best_dual_block"}
     assert set(model.kernel) == {"dense", "runner_dense", "act_sparse", "dual_sparse",
                                  "onnxruntime"}
     assert len(shown) == len(model)

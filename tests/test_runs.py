@@ -112,7 +112,9 @@ def test_the_grid_lists_each_run_once_and_command_lines_parse_back_to_the_spec()
             assert (cfg.model.name, cfg.data.dataset) == (exp["model"], exp["dataset"])
             if spec.kind.penalised or spec.kind in (RunKind.CONTROL, RunKind.DUAL_CONTROL):
                 assert cfg.reg.method == spec.method
-            if spec.lam is not None and spec.kind is not RunKind.DUAL_CONTROL:
+            if spec.kind is RunKind.THRESHOLD:  # FATReLU's sweep value is its budget
+                assert (cfg.reg.method, cfg.fatrelu.budget_pp) == ("none", spec.lam)
+            elif spec.lam is not None and spec.kind is not RunKind.DUAL_CONTROL:
                 assert cfg.reg.lam == spec.lam
             if spec.beta is not None:
                 assert cfg.reg.beta == spec.beta

@@ -34,6 +34,8 @@ def expected_runs(config: dict, results) -> set[str]:
                 for beta, lams in grids:
                     variant = f"tl1-beta{beta:g}" if method == "tl1" else method
                     runs.update(f"{name}/{variant}/lam{lam:g}/seed{seed}" for lam in lams)
+            runs.update(f"{name}/fatrelu/budget{budget:g}/seed{seed}"
+                        for budget in exp.get("fatrelu", {}).get("budgets", []))
             dual = exp.get("dual")
             if dual:
                 choice = json.loads((results / name / "dual/tl1_choice.json").read_text())
@@ -61,8 +63,13 @@ def test_smoke_tables_are_complete_and_well_formed(smoke):
     assert (runs[runs.model == "lenet5"].dense_macs == 416_520).all()
     assert ok.wall_seconds.gt(0).all() and ok.git_commit.notna().all()
     kinds = runs.groupby("experiment").kind.apply(set).to_dict()
-    assert kinds["lenet5_mnist"] == {"baseline", "control", "actreg", "pruned", "dual_control",
-                                     "dual"}
+    assert kinds["lenet5_mnist"] == {"baseline", "control", "actreg", "threshold", "pruned",
+                                     "dual_control", "dual"}
+    # FATReLU changes no weight: its runs keep their control's weights, on the same test images
+    control = runs[runs.kind == "control"].set_index(["experiment", "seed"])
+    for r in runs[runs.kind == "threshold"].itertuples():
+        parent = control.loc[(r.experiment, r.seed)]
+        assert (r.weight_sparsity, r.dense_macs) == (parent.weight_sparsity, parent.dense_macs)
     pruned = runs[runs.kind.isin(["pruned", "dual", "dual_control"])]
     element = pruned[pruned.prune_structure == "element"]
     assert (element.weight_sparsity >= 0.5 - 1e-6).all() and (pruned.prune_rate == 0.5).all()

@@ -16,8 +16,8 @@ import math
 import pandas as pd
 
 from dstcore.analysis.stats import Interval, interpolate_at, paired, t_interval
-from dstcore.core.runs import RunKind
-from dstcore.sparsity.regularizers import PROPOSED, REGISTRY, regularizers
+from dstcore.core.runs import RunKind, method_kind
+from dstcore.sparsity.regularizers import PROPOSED, REGISTRY, compared_methods
 
 DROPS_PP = (0.0, 0.5, 1.0)
 FRONTIER_COLUMNS = ["experiment", "method", "beta", "accuracy_drop_pp", "target_top1",
@@ -45,19 +45,21 @@ def per_seed(rows: pd.DataFrame, column: str, **match) -> dict[int, float]:
 
 
 def sweep_keys(rows: pd.DataFrame) -> list[tuple[str, float]]:
-    """(method, beta) of every regulariser sweep in ``rows`` (beta NaN except for TL1)."""
+    """(method, beta) of every compared method's sweep in ``rows`` (the regularisers' and
+    FATReLU's; beta NaN except for TL1)."""
     keys = []
-    for method in regularizers():
-        cand = rows[(rows.kind == RunKind.ACTREG) & (rows.method == method)]
+    for method in compared_methods():
+        cand = rows[(rows.kind == method_kind(method)) & (rows.method == method)]
         betas = sorted(cand.beta.dropna().unique()) if REGISTRY[method].shape_parameter else []
         keys += [(method, float(b)) for b in betas] or ([(method, math.nan)] if len(cand) else [])
     return keys
 
 
 def sweep(rows: pd.DataFrame, method: str, beta: float, seed: int) -> pd.DataFrame:
-    """One seed's sweep: the λ = 0 control, then the method's runs in increasing λ."""
+    """One seed's sweep: the λ = 0 control, then the method's runs in increasing λ (FATReLU:
+    budget)."""
     seed_rows = rows[rows.seed == seed]
-    runs = seed_rows[(seed_rows.kind == RunKind.ACTREG) & (seed_rows.method == method)]
+    runs = seed_rows[(seed_rows.kind == method_kind(method)) & (seed_rows.method == method)]
     if not _isnan(beta):
         runs = runs[runs.beta == beta]
     control = seed_rows[seed_rows.kind == RunKind.CONTROL]
@@ -128,7 +130,7 @@ def tl1_vs_best_other(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: st
     rows = completed(runs, experiment)
     target = baseline_top1(rows) - drop
     tl1 = best_sweep(frontier, experiment, drop, PROPOSED)
-    others = [r for m in regularizers() if m != PROPOSED
+    others = [r for m in compared_methods() if m != PROPOSED
               if (r := best_sweep(frontier, experiment, drop, m)) is not None]
     out = {"tl1_beta": None if tl1 is None else tl1.beta, "other": None, "interval": None}
     if tl1 is None or not others:

@@ -16,8 +16,8 @@ import pandas as pd
 from dstcore.analysis.aggregate import best_within_tolerance, seed_summary
 from dstcore.analysis.frontier import completed, per_seed
 from dstcore.analysis.stats import paired, t_interval
-from dstcore.core.runs import NO_METHOD, RunKind, structure_family
-from dstcore.sparsity.regularizers import REGISTRY, method_label, regularizers
+from dstcore.core.runs import NO_METHOD, RunKind, method_kind, structure_family
+from dstcore.sparsity.regularizers import REGISTRY, compared_methods, method_label
 
 # Weight-pruning structures (families of runs.csv's prune_structure), in the order tables show them.
 STRUCTURE_ORDER = {"": 0, "element": 1, "block": 2}
@@ -80,8 +80,8 @@ def _picks(s: pd.DataFrame, per_run: pd.DataFrame, base_top1: float, tolerance_p
     """(method, β, best grid point or None, the sweep's grid points, {seed: sparsity of the
     best}) per regulariser sweep of one experiment's seed summary ``s``."""
     picks = []
-    for method in regularizers():
-        cand = s[(s.kind == RunKind.ACTREG) & (s.method == method)]
+    for method in compared_methods():
+        cand = s[(s.kind == method_kind(method)) & (s.method == method)]
         betas = sorted(cand.beta.dropna().unique()) if has_beta(method) else []
         for beta in betas or [math.nan]:
             subset = cand if math.isnan(beta) else cand[cand.beta == beta]
@@ -89,7 +89,7 @@ def _picks(s: pd.DataFrame, per_run: pd.DataFrame, base_top1: float, tolerance_p
                 continue
             best = best_within_tolerance(subset, base_top1, tolerance_pp)
             seeds = {} if best is None else per_seed(
-                per_run, "sparsity_pct", kind=RunKind.ACTREG, method=method, lam=best.lam,
+                per_run, "sparsity_pct", kind=method_kind(method), method=method, lam=best.lam,
                 beta=beta)
             picks.append((method, beta, best, subset, seeds))
     return picks

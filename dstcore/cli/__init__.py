@@ -17,6 +17,7 @@ from dstcore.cli.parser import (  # noqa: F401  (the parser's tables are part of
     FINETUNE_SHORTCUTS,
     PRUNE_SHORTCUTS,
     SHORTCUTS,
+    THRESHOLD_SHORTCUTS,
     build_parser,
 )
 
@@ -37,7 +38,7 @@ def resolve_config(args: argparse.Namespace, stage: str):
             else:
                 data[section] = values
     data = apply_overrides(data, args.overrides)
-    table = {**SHORTCUTS, **FINETUNE_SHORTCUTS, **PRUNE_SHORTCUTS}
+    table = {**SHORTCUTS, **FINETUNE_SHORTCUTS, **PRUNE_SHORTCUTS, **THRESHOLD_SHORTCUTS}
     for dest, (section, key) in table.items():
         value = getattr(args, dest, None)
         if value is not None:
@@ -73,6 +74,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace, stage: str) -> int:
     from dstcore.core.runs import RunSpec
     from dstcore.training.loop import run
+    from dstcore.training.threshold import threshold_run
 
     cfg = resolve_config(args, stage)
     tags = parse_tags(args.tags)
@@ -81,6 +83,9 @@ def cmd_run(args: argparse.Namespace, stage: str) -> int:
         if spec.kind.command != stage:
             raise DstError(f"--tag kind={spec.kind} is made by dst {spec.kind.command}, "
                            f"not dst {stage}")
+    if stage == "threshold":
+        threshold_run(cfg, args.out, args.init, args.resume, not args.no_evaluate, tags)
+        return 0
     summary = run(cfg, stage, args.out, init=getattr(args, "init", None), resume=args.resume,
                   final_eval=not args.no_evaluate, tags=tags)
     if summary["status"] == "diverged" and not args.allow_divergence:
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             return cmd_prepare(args)
-        if args.command in ("train", "finetune", "prune"):
+        if args.command in ("train", "finetune", "prune", "threshold"):
             return cmd_run(args, args.command)
         if args.command == "evaluate":
             return cmd_evaluate(args)

@@ -24,6 +24,8 @@ PRUNE_SHORTCUTS = {"rate": ("prune", "rate"), "threshold": ("prune", "threshold"
                    "block_out": ("prune", "block_out"), "weight_l1": ("prune", "weight_l1"),
                    "l1_epochs": ("prune", "l1_epochs"),
                    "finetune_epochs": ("prune", "finetune_epochs")}
+THRESHOLD_SHORTCUTS = {"budget": ("fatrelu", "budget_pp"),
+                       "search_images": ("fatrelu", "search_images")}
 
 
 def _add_shortcuts(parser: argparse.ArgumentParser, table: dict) -> None:
@@ -123,6 +125,10 @@ def _add_run_commands(sub) -> None:
     p = sub.add_parser("prune", help="stage 2: weight l1, magnitude pruning, masked fine-tune")
     p.add_argument("--from", dest="init", required=True, type=Path, help="model.pt to start from")
     _add_run_args(p, PRUNE_SHORTCUTS)
+    p = sub.add_parser("threshold", help="FATReLU: per-layer activation thresholds searched "
+                                         "within an accuracy budget (no weight changes)")
+    p.add_argument("--from", dest="init", required=True, type=Path, help="model.pt to start from")
+    _add_run_args(p, THRESHOLD_SHORTCUTS)
 
 
 def _add_evaluate_command(sub) -> None:

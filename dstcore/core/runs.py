@@ -16,6 +16,10 @@ block pruning with 16 output channels per unit)::
     pruned        {exp}/dual/{structure}prune{rate}/stage2/seed{seed}
     dual_control  {exp}/dual/{structure}prune{rate}/lam0/seed{seed}
     dual          {exp}/dual/{structure}prune{rate}/tl1-beta{beta}/lam{lam}/seed{seed}
+    threshold     {exp}/fatrelu/budget{lam}/seed{seed}
+
+A run's ``lam`` is the value its method's sweep varies: λ of a regulariser, and for FATReLU
+(``threshold`` runs) the accuracy budget in percentage points of its threshold search.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ ELEMENT = "element"  # unstructured weight pruning (single weights)
 BLOCK = "block"  # block pruning: units of block_out output channels x one input channel
 DUAL_DIR = "dual"  # the folder of an experiment's stage 2 and 3 runs
 DUAL_METHOD = "tl1"  # stage 3's activation penalty: the paper's method (Transformed l1)
+THRESHOLD_METHOD = "fatrelu"  # activation thresholds searched on a trained model (FATReLU)
 RESERVED = frozenset({NO_METHOD, DUAL_DIR, "baseline", "latency", "data", "tables", "logs",
                       "benchmarks", "report", "figures"})  # names a method may not take
 
@@ -46,7 +51,7 @@ def _canonical(value: float | None) -> float | None:
 
 
 class RunKind(StrEnum):
-    """The six kinds of run; the value is ``runs.csv``'s ``kind``."""
+    """The seven kinds of run; the value is ``runs.csv``'s ``kind``."""
 
     BASELINE = "baseline"  # stage 1: dense training from scratch
     CONTROL = "control"  # the λ = 0 fine-tune every regulariser is compared with
@@ -54,6 +59,7 @@ class RunKind(StrEnum):
     PRUNED = "pruned"  # stage 2: weight l1, pruning, masked fine-tune
     DUAL_CONTROL = "dual_control"  # stage 3's λ = 0 control, masks fixed
     DUAL = "dual"  # stage 3: TL1 with the masks fixed
+    THRESHOLD = "threshold"  # FATReLU: per-layer activation thresholds on the λ = 0 control
 
     @property
     def rule(self) -> str:
@@ -63,7 +69,8 @@ class RunKind(StrEnum):
     @property
     def command(self) -> str:
         """The ``dst`` sub-command of this kind (``train``, ``finetune`` or ``prune``)."""
-        return {RunKind.BASELINE: "train", RunKind.PRUNED: "prune"}.get(self, "finetune")
+        return {RunKind.BASELINE: "train", RunKind.PRUNED: "prune",
+                RunKind.THRESHOLD: "threshold"}.get(self, "finetune")
 
     @property
     def label(self) -> str:
@@ -80,14 +87,27 @@ class RunKind(StrEnum):
         """Whether runs of this kind train with an activation penalty (λ > 0 allowed)."""
         return self in (RunKind.ACTREG, RunKind.DUAL)
 
+    @property
+    def has_method(self) -> bool:
+        """Whether runs of this kind have a method other than ``none``."""
+        return self.penalised or self is RunKind.THRESHOLD
+
+
+def method_kind(method: str) -> RunKind:
+    """The kind of the runs of a compared method's sweep: ``threshold`` for FATReLU, else
+    ``actreg`` (an activation-regularised fine-tune)."""
+    return RunKind.THRESHOLD if method == THRESHOLD_METHOD else RunKind.ACTREG
+
 
 _RULES = {RunKind.BASELINE: "train_baseline", RunKind.CONTROL: "finetune_actreg",
           RunKind.ACTREG: "finetune_actreg", RunKind.PRUNED: "prune_weights",
-          RunKind.DUAL_CONTROL: "dual_control", RunKind.DUAL: "dual_tl1"}
+          RunKind.DUAL_CONTROL: "dual_control", RunKind.DUAL: "dual_tl1",
+          RunKind.THRESHOLD: "threshold_activations"}
 _LABELS = {RunKind.BASELINE: "baseline (dense)", RunKind.CONTROL: "λ = 0 fine-tune",
            RunKind.ACTREG: "activation-regularised fine-tune", RunKind.PRUNED: "pruned (stage 2)",
            RunKind.DUAL_CONTROL: "pruned, λ = 0 fine-tune",
-           RunKind.DUAL: "dual sparse (TL1 + pruning)"}
+           RunKind.DUAL: "dual sparse (TL1 + pruning)",
+           RunKind.THRESHOLD: "activation thresholds (FATReLU)"}
 LATENCY_RULE = "measure_latency"  # benchmarks under {experiment}/latency/
 
 
@@ -151,7 +171,8 @@ class RunSpec:
         kind = self.kind
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.experiment or ""):
             return f"experiment name {self.experiment!r} must match [A-Za-z0-9_.-]+"
-        if (self.method != NO_METHOD) != kind.penalised:
+        if (self.method != NO_METHOD) != kind.has_method or (
+                (self.method == THRESHOLD_METHOD) != (kind is RunKind.THRESHOLD)):
             return f"method {self.method!r} does not fit the kind"
         if kind is RunKind.DUAL and (self.method != DUAL_METHOD or self.beta is None):
             return f"stage 3 runs {DUAL_METHOD} with a β, not {self.method!r} (β {self.beta!r})"
@@ -159,7 +180,7 @@ class RunSpec:
             return f"method name {self.method!r} is reserved"
         if (self.lam is None) != (kind in (RunKind.BASELINE, RunKind.PRUNED)):
             return f"λ {self.lam!r} does not fit the kind"
-        if self.lam is not None and (self.lam < 0 or (not kind.penalised and self.lam != 0)):
+        if self.lam is not None and (self.lam < 0 or (not kind.has_method and self.lam != 0)):
             return f"λ {self.lam!r} must be >= 0 (0 for a control)"
         if self.beta is not None and (not kind.penalised or self.beta <= 0):
             return f"β {self.beta!r} needs a penalised kind and a value > 0"
@@ -198,7 +219,10 @@ class RunSpec:
         g = {k.removesuffix("_"): v for k, v in match.groupdict().items() if v is not None}
         number = {k: (float(g[k]) if k in g else None) for k in ("lam", "beta", "rate")}
         method = g.get("method", NO_METHOD)
-        if "prune" not in g:
+        if "budget" in g:
+            kind, structure = RunKind.THRESHOLD, None
+            method, number["lam"] = THRESHOLD_METHOD, float(g["budget"])
+        elif "prune" not in g:
             kind = (RunKind.BASELINE if "baseline" in g else
                     RunKind.CONTROL if method == NO_METHOD else RunKind.ACTREG)
             structure = None
@@ -270,6 +294,7 @@ PATH_TEMPLATES = {
     RunKind.PRUNED: f"{_STAGE2}/stage2/seed{{seed}}",
     RunKind.DUAL_CONTROL: f"{_STAGE2}/lam0/seed{{seed}}",
     RunKind.DUAL: f"{_STAGE2}/{DUAL_METHOD}-beta{{beta}}/lam{{lam}}/seed{{seed}}",
+    RunKind.THRESHOLD: f"{{exp}}/{THRESHOLD_METHOD}/budget{{lam}}/seed{{seed}}",
 }
 
 
@@ -287,6 +312,7 @@ _NUM = r"[0-9][0-9.e+-]*"
 _PATH = re.compile(
     rf"(?P<experiment>[A-Za-z0-9_.-]+)/(?:"
     rf"(?P<baseline>baseline)"
+    rf"|{THRESHOLD_METHOD}/budget(?P<budget>{_NUM})"
     rf"|{DUAL_DIR}/(?P<prune>(?P<structure>{BLOCK}[0-9]+-)?prune(?P<rate>{_NUM}))/(?:"
     rf"(?P<stage2>stage2)|(?:(?P<method>[a-z0-9_]+)-beta(?P<beta>{_NUM})/)?lam(?P<lam>{_NUM}))"
     rf"|(?P<method_>[a-z0-9_]+)(?:-beta(?P<beta_>{_NUM}))?/lam(?P<lam_>{_NUM}))"

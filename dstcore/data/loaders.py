@@ -155,3 +155,31 @@ class TrainLoader:
             return make_loader(self.dataset, self.batch_size, True, seed)
         self.loader.sampler.set_seed(seed)
         return self.loader
+
+
+def held_out_slice(bundle: DataBundle, size: int, seed: int) -> tuple[Tensor, Tensor, str]:
+    """``size`` training images a run can tune on without the test split: (images [N, C, H, W]
+    float32, labels [N] int64, ``held-out`` or ``training``). From the training images the run's
+    ``train_subset`` leaves out when there are at least ``size``, else from the training split
+    itself; class-stratified with ``seed``; image datasets read with their test transforms."""
+    import copy
+
+    from dstcore.data.datasets import image_transforms, stratified_subset
+
+    train = bundle.train
+    pool, where = train, "training"
+    if isinstance(train, Subset) and len(train.dataset) - len(train.indices) >= size:
+        base = train.dataset
+        rest = sorted(set(range(len(base))) - set(int(i) for i in train.indices))
+        pool, where = Subset(base, rest), "held-out"
+        pool.targets = [base.targets[i] for i in rest]
+    base = pool.dataset if isinstance(pool, Subset) else pool
+    if hasattr(base, "transform"):  # no augmentation on the slice
+        plain = copy.copy(base)
+        plain.transform = image_transforms(bundle.spec, train=False)
+        pool = Subset(plain, pool.indices) if isinstance(pool, Subset) else plain
+        if not hasattr(pool, "targets"):
+            pool.targets = [plain.targets[i] for i in pool.indices]
+    chosen = stratified_subset(pool, size, seed, "search slice")
+    batches = list(make_loader(chosen, 500, shuffle=False))
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), where

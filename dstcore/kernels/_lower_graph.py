@@ -79,6 +79,16 @@ def _lower_relu(low: _Lowering, node: torch.fx.Node) -> None:
     low.env[node] = y
 
 
+def _lower_threshold(low: _Lowering, node: torch.fx.Node, mod: nn.Threshold) -> None:
+    """FATReLU's threshold (dstcore.sparsity.fatrelu) on a map or a pending flatten."""
+    source = low.env[node.args[0]]
+    x = source[1] if isinstance(source, tuple) else source
+    a, b = low.add_weights(np.array([mod.threshold], np.float32))
+    y = low.new_value(low.shapes[x], low.flat[x])
+    low.ops.append(_Eltwise([x], y, what="threshold", w_range=(a, b)))
+    low.env[node] = ("flatten", y) if isinstance(source, tuple) else y
+
+
 def _handler(node: torch.fx.Node,
              gm: torch.fx.GraphModule) -> Callable[[_Lowering, torch.fx.Node], None] | None:
     """The lowering function of a graph node, or None when the runner does not support it."""
@@ -93,6 +103,8 @@ def _handler(node: torch.fx.Node,
         return _alias
     if _is_relu(node, gm):
         return _lower_relu
+    if isinstance(mod, nn.Threshold) and mod.value == 0 and mod.threshold >= 0:
+        return lambda low, n: _lower_threshold(low, n, mod)
     if _is_add(node):
         return _lower_add
     if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):

@@ -210,7 +210,8 @@ class _Gather(_Op):
 
 @dataclass
 class _Eltwise(_Op):
-    """'add' (+ ReLU), 'relu', 'affine' (+ ReLU) or 'concat' (channel offsets ``offsets``)."""
+    """'add' (+ ReLU), 'relu', 'threshold' (FATReLU, its threshold the weight at
+    ``w_range[0]``), 'affine' (+ ReLU) or 'concat' (channel offsets ``offsets``)."""
 
     what: str = "relu"
     relu: bool = False
@@ -223,6 +224,9 @@ class _Eltwise(_Op):
                                      ("P", "relu")])]
         if self.what == "relu":
             return [_Call("relu_into", [("F", "a"), ("F", "y"), ("P", "numel")])]
+        if self.what == "threshold":
+            return [_Call("threshold_into", [("F", "a"), ("F", "y"), ("P", "numel"),
+                                             ("W", "cut")])]
         if self.what == "affine":
             return [_Call("affine_ep", [("F", "a"), ("F", "y"), ("P", "np"), ("P", "c"),
                                         ("W", "scale"), ("W", "shift"), ("P", "relu")])]
@@ -241,4 +245,5 @@ class _Eltwise(_Op):
         vals["a"], vals["b"] = vals["a0"], vals.get("a1", vals["a0"])
         a, b = self.w_range
         vals["scale"], vals["shift"] = (a, a + c), (a + c, b)
+        vals["cut"] = (a, a + 1)
         return vals

@@ -140,6 +140,15 @@ def relu_into(x, out, n):
 
 
 @njit(cache=True, fastmath=_FM)
+def threshold_into(x, out, n, t):
+    """FATReLU: out = x where x > t[0], else 0 (``torch.nn.Threshold(t, 0)``)."""
+    cut = t[0]
+    for i in range(n):
+        v = x[i]
+        out[i] = v if v > cut else np.float32(0.0)
+
+
+@njit(cache=True, fastmath=_FM)
 def affine_ep(x, out, NP, C, scale, shift, relu):
     """Per-channel out = x * scale + shift (a BatchNorm not folded into a conv), + ReLU."""
     for p in range(NP):

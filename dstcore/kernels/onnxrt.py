@@ -18,10 +18,36 @@ import torch
 from torch import Tensor, nn
 
 
+class _WhereThreshold(nn.Module):
+    """``nn.Threshold`` as the exporter can write it (it refuses a non-zero threshold)."""
+
+    def __init__(self, threshold: float, value: float) -> None:
+        super().__init__()
+        self.threshold, self.value = float(threshold), float(value)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.where(x > self.threshold, x, torch.full_like(x, self.value))
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    """``model``, or a copy whose ``nn.Threshold`` modules (FATReLU's) are :class:`_WhereThreshold`."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Threshold)]
+    if not names:
+        return model
+    import copy
+
+    model = copy.deepcopy(model)
+    for name in names:
+        old = model.get_submodule(name)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, _WhereThreshold(old.threshold, old.value))
+    return model
+
+
 def export_onnx(model: nn.Module, example: Tensor, path: str | Path | None = None,
                 opset: int = 17) -> bytes:
     """ONNX bytes of ``model`` traced on ``example`` (batch axis dynamic); also saved to path."""
-    model = model.eval()
+    model = _exportable(model.eval())
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

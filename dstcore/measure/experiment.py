@@ -1,4 +1,5 @@
-"""The latency of one experiment: its baseline, best TL1 and best dual sparse models timed.
+"""The latency of one experiment: its baseline, best TL1, best FATReLU and best dual sparse
+models timed.
 
 :func:`select_latency_runs` picks the runs from the aggregated runs table (by
 :data:`LATENCY_ROLES`), :func:`measure_experiment` times each with
@@ -15,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 
 from dstcore import DstError
-from dstcore.core.runs import BLOCK, DUAL_METHOD, ELEMENT, RunKind, structure_family
+from dstcore.core.runs import (
+    BLOCK,
+    DUAL_METHOD,
+    ELEMENT,
+    THRESHOLD_METHOD,
+    RunKind,
+    structure_family,
+)
 from dstcore.measure.model_latency import measure_model_latency
 from dstcore.measure.settings import LatencySettings
 from dstcore.measure.sidecar import write_results
@@ -24,9 +32,11 @@ from dstcore.measure.threads import thread_counts_used
 _DEFAULTS = LatencySettings()
 
 #: role -> (kind, method, pruning structure family, score to maximise); the method is the
-#: paper's (TL1) for the activation-regularised and for the dual sparse roles
+#: paper's (TL1) for the activation-regularised and for the dual sparse roles; FATReLU's is
+#: its sparsest threshold run
 LATENCY_ROLES = {
     "best_tl1": (RunKind.ACTREG, DUAL_METHOD, "", "activation_sparsity"),
+    "best_fatrelu": (RunKind.THRESHOLD, THRESHOLD_METHOD, "", "activation_sparsity"),
     "best_dual": (RunKind.DUAL, DUAL_METHOD, ELEMENT, "mac_reduction_pct"),
     "best_dual_block": (RunKind.DUAL, DUAL_METHOD, BLOCK, "mac_reduction_pct"),
 }
@@ -35,7 +45,8 @@ LATENCY_ROLES = {
 def select_latency_runs(runs: pd.DataFrame, experiment: str, seed: int,
                         tolerance_pp: float) -> dict[str, str]:
     """Run directories to time for one experiment and seed: the dense baseline, the TL1 run
-    with the highest activation sparsity (``best_tl1``) and the dual sparse TL1 run with the
+    with the highest activation sparsity (``best_tl1``), likewise the FATReLU run
+    (``best_fatrelu``), and the dual sparse TL1 run with the
     largest reduction of multiplications among the unstructured (``best_dual``) and among the
     block-structured ones (``best_dual_block``), each with top-1 within ``tolerance_pp`` of
     that seed's baseline (or the closest to it when none is); roles without runs are left out."""

@@ -67,7 +67,8 @@ def read_model(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the model saved at ``path``; returns (model on CPU, metadata)."""
+    """Rebuild the model saved at ``path``, with its FATReLU thresholds when it has any
+    (``act_thresholds``); returns (model on CPU, metadata)."""
     payload = read_model(path)
     try:
         model = build_model(payload["model"], tuple(payload["input_shape"]),
@@ -75,5 +76,16 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         model.load_state_dict(payload.pop("state_dict"))
     except (DstError, RuntimeError, TypeError, ValueError, KeyError) as err:
         raise DstError(f"{path}: its weights do not fit its model ({error_line(err)})") from err
-    return model, payload
+    return with_thresholds(model, payload, path), payload
+
+
+def with_thresholds(model: nn.Module, payload: dict, path: str | Path) -> nn.Module:
+    """``model`` with the saved model's FATReLU thresholds inserted (itself when it has none)."""
+    from dstcore.sparsity.fatrelu import apply_thresholds
+
+    saved = payload.get("act_thresholds") or {}
+    if not isinstance(saved, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) for k, v in saved.items()):
+        raise DstError(f"{path}: act_thresholds must map layer names to numbers")
+    return apply_thresholds(model, saved) if saved else model
 

@@ -1,7 +1,7 @@
 """The report's figures, drawn from the aggregated tables only (never from models).
 
 Colours: each registered regulariser takes a palette colour by its position in
-:func:`~dstcore.sparsity.regularizers.regularizers` (ℓ1, Hoyer-square and TL1 the first three);
+:func:`~dstcore.sparsity.regularizers.compared_methods` (ℓ1, Hoyer-square, TL1, FATReLU);
 the reference kinds (baseline, control, stage 2 and 3) have fixed colours. Runs whose status is
 not ``completed`` are never plotted.
 """
@@ -29,8 +29,13 @@ from dstcore.analysis.frontier import (  # noqa: E402
 )
 from dstcore.analysis.tables import STRUCTURE_ORDER, activation_table, best_dual, has_beta  # noqa: E402
 from dstcore.core.io import write_with  # noqa: E402
-from dstcore.core.runs import RunKind, structure_family  # noqa: E402
-from dstcore.sparsity.regularizers import PROPOSED, method_label, regularizers  # noqa: E402
+from dstcore.core.runs import RunKind, method_kind, structure_family  # noqa: E402
+from dstcore.sparsity.regularizers import (  # noqa: E402
+    PROPOSED,
+    compared_methods,
+    method_label,
+    sweep_text,
+)
 
 _palette = sns.color_palette("colorblind", 10)
 KIND_COLORS = {RunKind.BASELINE: "#555555", RunKind.CONTROL: "#000000", RunKind.DUAL: _palette[4],
@@ -46,7 +51,7 @@ KERNEL_COLORS = {"dense": "#555555", "weight_sparse": _palette[3], "act_sparse":
 def method_color(method: str):
     """The colour of a regulariser: by its position among the registered ones (read now, so that
     a method registered after import gets one too); cycles past the last slot."""
-    names = regularizers()
+    names = compared_methods()
     position = names.index(method) if method in names else len(names)
     return _palette[_METHOD_SLOTS[position % len(_METHOD_SLOTS)]]
 
@@ -56,11 +61,12 @@ def _beta_suffix(method: str, beta: float) -> str:
 
 
 def tradeoff_figure(runs: pd.DataFrame, experiment: str) -> plt.Figure:
-    """Top-1 vs activation sparsity over the λ sweep, one curve per method (and β)."""
+    """Top-1 vs activation sparsity over the λ sweep (FATReLU: budget), one curve per method
+    (and β)."""
     s = seed_summary(runs[runs.experiment == experiment])
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for method in regularizers():
-        cand = s[(s.kind == RunKind.ACTREG) & (s.method == method)]
+    for method in compared_methods():
+        cand = s[(s.kind == method_kind(method)) & (s.method == method)]
         for beta, group in cand.groupby(cand.beta.fillna(-1)):
             group = group.sort_values("lam")
             label = method_label(method) + (f" (β={beta:g})" if beta > 0 else "")
@@ -76,7 +82,8 @@ def tradeoff_figure(runs: pd.DataFrame, experiment: str) -> plt.Figure:
                        color=KIND_COLORS[kind], label=kind.label)
     ax.set_xlabel("activation sparsity (% exact zeros)")
     ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(f"{experiment}: accuracy vs activation sparsity (labels: λ)")
+    ax.set_title(f"{experiment}: accuracy vs activation sparsity (labels: λ; FATReLU: "
+                 f"budget, pp)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -127,11 +134,12 @@ def _layer_runs(lay: pd.DataFrame, row) -> tuple[pd.DataFrame, str, object]:
     if row.row in ("baseline", "control"):
         kind = RunKind(row.row)
         return lay[lay.kind == kind], kind.label, KIND_COLORS[kind]
-    sel = lay[(lay.kind == RunKind.ACTREG) & (lay.method == row.method)
+    sel = lay[(lay.kind == method_kind(row.method)) & (lay.method == row.method)
               & np.isclose(lay.lam, row.lam)]
     if not math.isnan(row.beta):
         sel = sel[np.isclose(sel.beta, row.beta)]
-    return sel, f"{method_label(row.method)} λ={row.lam:g}", method_color(row.method)
+    return (sel, f"{method_label(row.method)} {sweep_text(row.method, row.lam)}",
+            method_color(row.method))
 
 
 def layer_sparsity_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
@@ -223,7 +231,7 @@ def latency_figure(latency: pd.DataFrame, experiment: str) -> plt.Figure:
         return message_figure(f"{experiment}: no latency measurements")
     lat = lat[(lat.batch == lat.batch.min()) & (lat.threads == lat.threads.min())]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"baseline": "o", "best_tl1": "^", "best_dual": "s"}  # latency roles
+    markers = {"baseline": "o", "best_tl1": "^", "best_fatrelu": "v", "best_dual": "s"}  # roles
     for kernel in ("weight_sparse", "act_sparse", "dual_sparse"):
         k = lat[lat.kernel == kernel]
         for role, group in k.groupby("role"):

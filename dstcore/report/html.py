@@ -38,13 +38,14 @@ details.dst-full > summary { cursor: pointer; color: #0969da; margin: 4px 0 8px 
 # Header labels of the tables' columns (a column not named here shows its own name, with
 # underscores as spaces so that headers wrap).
 LABELS = {
-    "experiment": "experiment", "lam": "λ", "beta": "β", "prune_rate": "prune rate",
+    "experiment": "experiment", "lam": "λ (FATReLU: budget, pp)", "beta": "β",
+    "prune_rate": "prune rate",
     "prune_structure": "structure", "seeds": "seeds", "accuracy_drop_pp": "drop (pp)",
     "top1": "top-1 % [95% CI]", "sparsity": "act. sparsity % [95% CI]",
     "gain_vs_baseline": "gain vs baseline (pp)", "gain_vs_control": "gain vs λ=0 control (pp)",
     "gain_vs_best_other": "gain vs best other (pp)", "mac_reduction": "fewer mult. % [95% CI]",
     "weight_sparsity_mean": "weight sparsity %", "grid_max_drop_pp": "grid reaches (pp)",
-    "lams_tried": "λ tried", "dense_macs": "dense mult.", "effective_macs": "effective mult.",
+    "lams_tried": "grid points", "dense_macs": "dense mult.", "effective_macs": "effective mult.",
     "top1_drop_pp": "top-1 drop (pp)", "stage2_top1_mean": "stage 2 top-1 %",
     "stage2_weight_sparsity_mean": "stage 2 weight sparsity %",
 }

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dstcore import DstError
-from dstcore.core.runs import DUAL_METHOD, NO_METHOD, RESERVED
+from dstcore.core.runs import DUAL_METHOD, NO_METHOD, RESERVED, THRESHOLD_METHOD, fmt
 from dstcore.sparsity.activations import register_hooks
 
 Regularizer = Callable[[Tensor, float], Tensor]
@@ -51,14 +51,22 @@ def tl1(a: Tensor, beta: float) -> Tensor:
 
 @dataclass(frozen=True)
 class Method:
-    """An activation regulariser as every stage sees it: its name (in configs, run directories
-    and tables), its formula ``R(a, beta)`` and how the report labels it. ``shape_parameter``
-    methods take β (one sweep per β; run directories ``{name}-beta{β}``)."""
+    """A compared activation-sparsity method as every stage sees it: its name (in configs, run
+    directories and tables), its formula ``R(a, beta)`` and how the report labels it.
+    ``shape_parameter`` methods take β (one sweep per β; run directories ``{name}-beta{β}``).
+    A method without a formula is not a penalty: FATReLU, whose runs are ``threshold`` runs
+    (dstcore.sparsity.fatrelu) and whose sweep varies ``sweep`` (its accuracy budget)."""
 
     name: str
-    formula: Regularizer
+    formula: Regularizer | None
     label: str
     shape_parameter: bool = False
+    sweep: str = "λ"  # what the sweep varies, as tables print it before the value
+    unit: str = ""  # the sweep value's unit (" pp")
+
+    def sweep_text(self, value: float) -> str:
+        """``λ = 0.001`` or ``budget = 0.5 pp``."""
+        return f"{self.sweep} = {fmt(value)}{self.unit}"
 
 
 REGISTRY: dict[str, Method] = {}
@@ -82,13 +90,19 @@ def unregister(name: str) -> None:
 
 
 def regularizers() -> tuple[str, ...]:
-    """The registered activation regularisers' names, in registration order."""
+    """The registered activation regularisers' (penalties') names, in registration order."""
+    return tuple(name for name, m in REGISTRY.items() if m.formula is not None)
+
+
+def compared_methods() -> tuple[str, ...]:
+    """Every method the frontiers, orderings and claims compare: the regularisers, then
+    FATReLU."""
     return tuple(REGISTRY)
 
 
 def methods() -> tuple[str, ...]:
     """Every valid ``reg.method``: ``none`` (the λ = 0 control) and the regularisers."""
-    return (NO_METHOD, *REGISTRY)
+    return (NO_METHOD, *regularizers())
 
 
 def method_label(name: str) -> str:
@@ -96,9 +110,17 @@ def method_label(name: str) -> str:
     return REGISTRY[name].label if name in REGISTRY else name
 
 
+def sweep_text(method: str, value: float) -> str:
+    """A point of ``method``'s sweep as tables print it: ``λ = 0.001``, ``budget = 0.5 pp``."""
+    return REGISTRY[method].sweep_text(value) if method in REGISTRY else f"λ = {fmt(value)}"
+
+
 register(Method("l1", l1, "ℓ1"))
 register(Method("hoyer", hoyer, "Hoyer-square"))
 register(Method("tl1", tl1, "TL1", shape_parameter=True))
+# FATReLU (Kurtz et al. 2020): thresholds searched on the λ = 0 control within an accuracy
+# budget (pp) on a held-out slice; not a penalty (dstcore.sparsity.fatrelu)
+register(Method(THRESHOLD_METHOD, None, "FATReLU", sweep="budget", unit=" pp"))
 
 PLUGINS_ENV = "DST_PLUGINS"  # comma-separated modules that register more methods or models
 
@@ -127,9 +149,9 @@ class ActivationPenalty:
 
     def __init__(self, layers: list[tuple[str, nn.Module]], method: str, beta: float = 1.0,
                  layer_weights: dict[str, float] | None = None) -> None:
-        if method not in REGISTRY:
+        if method not in regularizers():
             raise DstError(f"unknown regulariser '{method}'; choose from "
-                           f"{', '.join(REGISTRY)}")
+                           f"{', '.join(regularizers())}")
         names = {n for n, _ in layers}
         unknown = set(layer_weights or {}) - names
         if unknown:

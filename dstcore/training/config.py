@@ -171,12 +171,25 @@ class PruneConfig:
 
 
 @dataclass
+class FatreluConfig:
+    """``dst threshold``: FATReLU's per-layer threshold search (dstcore.sparsity.fatrelu)."""
+
+    budget_pp: float = param(1.0, "top-1 the search may lose on its slice, in percentage "
+                                  "points, shared out over the layers in forward order", ge=0)
+    search_images: int = param(1000, "images of the search slice: training images the run's "
+                                     "train_subset leaves out, else training images", ge=1)
+    search_steps: int = param(6, "bisection steps per layer over the quantile level of its "
+                                 "inputs (resolution 2^-steps)", ge=1, le=20)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    fatrelu: FatreluConfig = field(default_factory=FatreluConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,6 +206,8 @@ class RunConfig:
             d["train"].pop("precision")  # the hash of runs from before the key existed
         if not d["prune"]["exclude"]:
             d["prune"].pop("exclude")  # the hash of runs from before the key existed
+        if d["fatrelu"] == asdict(FatreluConfig()):
+            d.pop("fatrelu")  # likewise (and every run but dst threshold's)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -22,8 +22,9 @@ from dstcore.core.records import make_record, write_record
 from dstcore.data.datasets import DataBundle
 from dstcore.data.loaders import TrainLoader, hold_on_device
 from dstcore.models import build_model
-from dstcore.models.checkpoint import read_model, save_model
+from dstcore.models.checkpoint import read_model, save_model, with_thresholds
 from dstcore.sparsity.activations import activation_layers
+from dstcore.sparsity.fatrelu import thresholds_of
 from dstcore.sparsity.pruning import fix_masks_from_zeros, has_masks, make_permanent
 from dstcore.sparsity.regularizers import ActivationPenalty
 from dstcore.training.callbacks import final_metrics
@@ -136,6 +137,7 @@ def new_session(cfg: RunConfig, stage: str, out_dir: Path, init: Path | None,
     masks_fixed = False
     if parent is not None:
         model.load_state_dict(parent["state_dict"])
+        model = with_thresholds(model, parent, init)  # FATReLU thresholds stay fixed
         masks_fixed = bool(parent["masks_fixed"])
         if masks_fixed:
             fix_masks_from_zeros(model)
@@ -177,9 +179,16 @@ def finish(s: Session, divergence: dict | None, final_eval: bool, tags: dict[str
     save_model(s.out_dir / "model.pt", s.model, model_name=s.cfg.model.name,
                dataset=s.cfg.data.dataset, input_shape=s.bundle.input_shape,
                num_classes=s.bundle.num_classes, masks_fixed=s.masks_fixed or pruned,
-               config=s.cfg.to_dict(), stage=s.stage, status=status, final_top1=final_top1)
+               config=s.cfg.to_dict(), stage=s.stage, status=status, final_top1=final_top1,
+               **saved_thresholds(s.model))
     write_json(s.out_dir / "train.json", summary)
     if final_eval:
         write_record(s.out_dir / "metrics.json", make_record(final_metrics(s), summary))
     s.checkpoint.unlink(missing_ok=True)
     return summary
+
+
+def saved_thresholds(model: nn.Module) -> dict:
+    """The ``act_thresholds`` entry of a saved model with FATReLU thresholds (else nothing)."""
+    thresholds = thresholds_of(model)
+    return {"act_thresholds": thresholds} if thresholds else {}

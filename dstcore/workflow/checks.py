@@ -88,7 +88,9 @@ def filled_schema(schema: str | Path) -> dict:
     props["dataset"]["enum"] = list(DATASETS)
     props["regularizers"]["properties"] = {
         name: {"$ref": "#/$defs/shape_sweep" if m.shape_parameter else "#/$defs/sweep"}
-        for name, m in REGISTRY.items()}
+        for name, m in REGISTRY.items() if m.formula is not None}
+    props["fatrelu"]["properties"].update({k: field_schema("fatrelu", k)
+                                           for k in ("search_images", "search_steps")})
     filled["$defs"]["schedule"]["properties"] = {k: field_schema("train", k)
                                                  for k in SCHEDULE_KEYS}
     props["data"]["properties"] = {k: field_schema("data", k) for k in DATA_KEYS}
@@ -143,12 +145,12 @@ def check_experiments(config: dict) -> None:
             raise DstError(f"config.experiments[{i}].dual: tl1_beta/tl1_lams 'auto' choose from "
                            f"the TL1 sweeps, but the experiment has no regularizers.{PROPOSED}; "
                            f"give numbers instead")
-        if not exp.get("regularizers") and not dual:
+        if not exp.get("regularizers") and not dual and not exp.get("fatrelu"):
             continue
-        if (exp.get("regularizers") or dual) and "finetune" not in exp:
-            raise DstError(f"config.experiments[{i}].finetune: required when regularizers or "
-                           f"dual are given (the schedule every regulariser and the lam = 0 "
-                           f"control share)")
+        if "finetune" not in exp:
+            raise DstError(f"config.experiments[{i}].finetune: required when regularizers, "
+                           f"fatrelu or dual are given (the schedule every regulariser and the "
+                           f"lam = 0 control share; FATReLU starts from the control)")
 
 
 def _check_shape_sweeps(spec: dict, where: str) -> None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import shlex
 
-from dstcore.core.runs import NO_METHOD, RunKind, RunSpec, structure_label, structure_parts
+from dstcore.core.runs import (
+    NO_METHOD,
+    THRESHOLD_METHOD,
+    RunKind,
+    RunSpec,
+    structure_label,
+    structure_parts,
+)
 from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
 from dstcore.training.config import config_field, field_default
 
@@ -42,12 +49,15 @@ def prune_structures(dual: dict) -> list[str]:
 
 
 def finetune_specs(exp: dict, seed: int) -> list[RunSpec]:
-    """The λ = 0 control and every regulariser run of one seed, in config order."""
+    """The λ = 0 control, every regulariser run and every FATReLU budget of one seed, in
+    config order."""
     name = exp["name"]
     out = [RunSpec(name, RunKind.CONTROL, seed, lam=0.0)]
     for method, beta, lams in regularizer_sweeps(exp):
         out += [RunSpec(name, RunKind.ACTREG, seed, method, lam, beta) for lam in lams]
-    return out
+    budgets = exp.get(THRESHOLD_METHOD, {}).get("budgets", [])
+    return out + [RunSpec(name, RunKind.THRESHOLD, seed, THRESHOLD_METHOD, budget)
+                  for budget in budgets]
 
 
 def pruned_specs(exp: dict, seed: int) -> list[RunSpec]:
@@ -151,6 +161,9 @@ def run_args(spec: RunSpec, exp: dict, config: dict) -> str:
         parts.append(_sets("prune", _prune_values(spec, exp["dual"])))
     elif spec.kind is RunKind.DUAL_CONTROL:
         parts.append(f"--set reg.method='{NO_METHOD}'")
+    elif spec.kind is RunKind.THRESHOLD:
+        search = {k: v for k, v in exp[THRESHOLD_METHOD].items() if k != "budgets"}
+        parts.append(_sets("fatrelu", {"budget_pp": spec.lam, **search}))
     elif spec.kind is not RunKind.BASELINE:
         reg = {"method": spec.method, "lam": spec.lam}
         if spec.beta is not None:

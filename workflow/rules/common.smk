@@ -59,7 +59,7 @@ wildcard_constraints:
     structure=r"(block[0-9]+-)?",  # the pruning structure before prune{rate}: none = element
     beta=NUMBER,
     variant="|".join(["none", *(f"{m.name}-beta{NUMBER}" if m.shape_parameter else m.name
-                                for m in REGISTRY.values())]),
+                                for m in REGISTRY.values() if m.formula is not None)]),
     dataset=r"[a-z0-9-]+",
     run=rf"{re.escape(RESULTS)}/.+",
 
@@ -160,6 +160,11 @@ def prepared_data(wildcards):
 
 def baseline_model(wildcards):
     return f"{run_dir(spec_of(RunKind.BASELINE, wildcards))}/model.pt"
+
+
+def control_model(wildcards):
+    spec = spec_of(RunKind.THRESHOLD, wildcards)
+    return f"{run_dir(RunSpec(spec.experiment, RunKind.CONTROL, spec.seed, lam=0.0))}/model.pt"
 
 
 def stage2_model(wildcards):

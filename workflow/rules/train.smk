@@ -54,3 +54,31 @@ rule finetune_actreg:
         "OMP_NUM_THREADS={threads} python -m dstcore.cli finetune --from {input.parent} "
         "--out $(dirname {output.model}) --resume --allow-divergence "
         "--threads {threads} {params.args} > {log} 2>&1"
+
+
+rule threshold_activations:
+    # FATReLU: per-layer activation thresholds searched on the lam = 0 control (the same
+    # fine-tune every regulariser had) within an accuracy budget; no weight changes
+    conda:
+        "../../environment.yml"
+    input:
+        data=prepared_data,
+        parent=control_model,
+    output:
+        model=run_file(RunKind.THRESHOLD, "model.pt"),
+        summary=run_file(RunKind.THRESHOLD, "train.json"),
+        metrics=run_file(RunKind.THRESHOLD, "metrics.json"),
+    log:
+        run_file(RunKind.THRESHOLD, ".log", "logs"),
+    benchmark:
+        run_file(RunKind.THRESHOLD, ".tsv", "benchmarks")
+    params:
+        args=spec_args(RunKind.THRESHOLD),
+    threads: config["threads_per_job"]
+    resources:
+        mem_mb=resources_of("mem_mb", 4000),
+        runtime=resources_of("runtime", 60),
+        gpu=resources_of("gpu", 0),
+    shell:
+        "OMP_NUM_THREADS={threads} python -m dstcore.cli threshold --from {input.parent} "
+        "--out $(dirname {output.model}) --resume --threads {threads} {params.args} > {log} 2>&1"

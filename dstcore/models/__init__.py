@@ -1,8 +1,8 @@
 """Stage 2, models: the model-family registry, ``build_model(name, input_shape, num_classes)``.
 
 A family is one module of this package that registers its builders with :func:`register`;
-every module here (but ``checkpoint`` and private ``_*`` ones) is imported when the package is,
-so adding a family is adding one file (see docs/extending.md).
+every module here (but ``checkpoint``, ``thresholds`` and private ``_*`` ones) is imported
+when the package is, so adding a family is adding one file (see docs/extending.md).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dstcore import DstError
 
 Builder = Callable[[tuple[int, int, int], int], nn.Module]
 MODELS: dict[str, Builder] = {}  # name -> builder(input_shape (C, H, W), num_classes)
-_NOT_FAMILIES = {"checkpoint"}
+_NOT_FAMILIES = {"checkpoint", "thresholds"}
 
 
 def register(name: str) -> Callable[[Builder], Builder]:

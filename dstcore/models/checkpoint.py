@@ -11,6 +11,7 @@ from torch import nn
 from dstcore import DstError, error_line
 from dstcore.core.io import write_with
 from dstcore.models import build_model
+from dstcore.models.thresholds import apply_thresholds
 
 FORMAT = "dstcore-model-v1"
 # Fields every saved model has, with their types (checked when reading).
@@ -81,8 +82,6 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 def with_thresholds(model: nn.Module, payload: dict, path: str | Path) -> nn.Module:
     """``model`` with the saved model's FATReLU thresholds inserted (itself when it has none)."""
-    from dstcore.sparsity.fatrelu import apply_thresholds
-
     saved = payload.get("act_thresholds") or {}
     if not isinstance(saved, dict) or not all(
             isinstance(k, str) and isinstance(v, (int, float)) for k, v in saved.items()):

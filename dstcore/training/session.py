@@ -23,8 +23,8 @@ from dstcore.data.datasets import DataBundle
 from dstcore.data.loaders import TrainLoader, hold_on_device
 from dstcore.models import build_model
 from dstcore.models.checkpoint import read_model, save_model, with_thresholds
+from dstcore.models.thresholds import thresholds_of
 from dstcore.sparsity.activations import activation_layers
-from dstcore.sparsity.fatrelu import thresholds_of
 from dstcore.sparsity.pruning import fix_masks_from_zeros, has_masks, make_permanent
 from dstcore.sparsity.regularizers import ActivationPenalty
 from dstcore.training.callbacks import final_metrics

@@ -58,3 +58,46 @@ def test_penalty_backprops_through_residual_and_concat_paths(name):
         loss = out.sum() + penalty.pop()
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# The CPU-scale families of the architecture comparison at 28x28, 10 classes: parameters,
+# multiplications per image and activation layers (every Conv2d/Linear but the image layer)
+SMALL_FAMILIES = {
+    "inception_small": (182_058, 13_654_816, 25),
+    "densenet_small": (148_402, 9_562_356, 35),
+    "resnet29_bottleneck": (312_826, 9_891_584, 31),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL_FAMILIES))
+def test_small_families_parameters_macs_and_activation_layers(name):
+    params, macs, acts = SMALL_FAMILIES[name]
+    model = build_model(name, (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert flop_counter_macs(model, (1, 28, 28)) == macs
+    assert len(activation_layers(model, (1, 28, 28))) == acts == len(weighted_layers(model)) - 1
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_bottleneck_block_counted_by_hand():
+    from dstcore.models.small_bottleneck import Bottleneck
+
+    # 64 -> 1x1 16 -> 3x3 16 -> 1x1 64, BN after each (2 x channels), identity shortcut
+    block = Bottleneck(64, 16, 1)
+    assert sum(p.numel() for p in block.parameters()) == (
+        64 * 16 + 16 * 16 * 9 + 16 * 64 + 2 * (16 + 16 + 64))
+    # 16 -> 64 with stride 2 adds a 1x1 projection and its BN
+    assert sum(p.numel() for p in Bottleneck(16, 16, 2).parameters()) == (
+        16 * 16 + 16 * 16 * 9 + 16 * 64 + 2 * (16 + 16 + 64) + 16 * 64 + 2 * 64)
+
+
+def test_inception_and_dense_layers_concatenate_their_channels():
+    from dstcore.models.small_densenet import DenseLayer
+    from dstcore.models.small_inception import Inception
+
+    x = torch.randn(2, 32, 14, 14)
+    block = Inception(32, 16, 24, 32, 4, 8, 8)
+    assert block.out_channels == 16 + 32 + 8 + 8 and block(x).shape == (2, 64, 14, 14)
+    layer = DenseLayer(32, growth=12, bottleneck=48)
+    y = layer(x)
+    assert y.shape == (2, 44, 14, 14) and torch.equal(y[:, :32], x)  # input passed through

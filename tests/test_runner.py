@@ -151,6 +151,9 @@ FAMILIES = [
     ("resnet20", (1, 28, 28), (1, 17, 15), ("act_sparse", "dual_sparse")),
     ("resnet18", (3, 33, 35), (3, 37, 37), ("act_sparse", "dual_sparse")),
     ("googlenet", (3, 32, 32), (3, 35, 37), ("dense",)),
+    ("inception_small", (1, 28, 28), (1, 20, 24), ("act_sparse",)),
+    ("densenet_small", (1, 28, 28), (1, 24, 20), ("act_sparse",)),
+    ("resnet29_bottleneck", (1, 28, 28), (1, 16, 18), ("act_sparse",)),
     ("resnet50", (3, 65, 67), (3, 37, 37), ("dense",)),
 ]
 SLOW = {"googlenet", "resnet50"}
@@ -435,6 +438,19 @@ def test_pooling_propagates_nan_like_torch(pool, channels):
     assert torch.isnan(ref).any() and torch.equal(torch.isnan(y), torch.isnan(ref))
     ok = ~torch.isnan(ref)
     assert torch.allclose(y[ok], ref[ok], atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [8, 16, 20])  # scale and shift padded apart, or not
+def test_a_batchnorm_not_after_a_conv_is_its_own_scale_and_shift(channels):
+    # DenseNet's pre-activation BN (after a pool or a concatenation) is not folded into a conv
+    model = randomise(nn.Sequential(nn.Conv2d(1, channels, 3, padding=1), nn.MaxPool2d(2),
+                                    nn.BatchNorm2d(channels), nn.ReLU(),
+                                    nn.Conv2d(channels, 4, 1)), (1, 8, 8), seed=3)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+    for kind in ("dense", "act_sparse"):
+        assert_equal_to_torch(compile_model(model, kind)(x), ref, kind)
 
 
 @pytest.mark.parametrize(("cin", "cout", "conv"), [

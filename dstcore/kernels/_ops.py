@@ -215,7 +215,7 @@ class _Eltwise(_Op):
 
     what: str = "relu"
     relu: bool = False
-    w_range: tuple[int, int] = (0, 0)  # affine: scale then shift, C each
+    w_range: tuple[int, int] = (0, 0)  # affine: start of scale, end of shift (C each)
     offsets: tuple[int, ...] = ()
 
     def calls(self) -> list[_Call]:
@@ -244,6 +244,7 @@ class _Eltwise(_Op):
             vals[f"o{i}"] = self.offsets[i] if self.offsets else 0
         vals["a"], vals["b"] = vals["a0"], vals.get("a1", vals["a0"])
         a, b = self.w_range
-        vals["scale"], vals["shift"] = (a, a + c), (a + c, b)
+        # scale and shift each start at an aligned offset (add_weights pads): shift ends at b
+        vals["scale"], vals["shift"] = (a, a + c), (b - c, b)
         vals["cut"] = (a, a + 1)
         return vals

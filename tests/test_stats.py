@@ -122,3 +122,32 @@ def test_seeds_needed_recovers_the_spread_from_the_interval():
     assert seeds_needed(t_interval([1.0, 1.0, 1.0])) is None
     assert seeds_needed(t_interval([1.0])) is None
     assert seeds_needed(t_interval([-1e-6, 1e-6 + 1e-9, 0.0])) is None  # beyond 10,000
+
+
+def test_bootstrap_interval_by_hand():
+    from dstcore.analysis.stats import bootstrap_interval
+
+    # two seeds: resampled means 0, 0.5, 0.5, 1 -> 2.5% and 97.5% quantiles 0 and 1
+    assert bootstrap_interval([0.0, 1.0]) == (0.0, 1.0)
+    # five seeds, one of them 1: the resampled sum is Binomial(5, 1/5); its CDF is 0.328 at 0
+    # and 0.942 at 2, 0.993 at 3: the interval of the mean is [0, 3/5]
+    assert bootstrap_interval([0.0, 0.0, 0.0, 0.0, 1.0]) == (0.0, pytest.approx(0.6))
+    # an 80% interval: its upper quantile 0.9 lies between the CDF at 1 (0.737) and at 2 (0.942)
+    assert bootstrap_interval([0.0, 0.0, 0.0, 0.0, 1.0], confidence=0.8)[1] == \
+        pytest.approx(0.4)
+    assert all(math.isnan(v) for v in bootstrap_interval([3.0]))
+    low, high = bootstrap_interval(list(range(10)))  # 10^10 resamples: 10,000 seeded draws
+    assert 2.0 < low < 4.5 < high < 7.0 and (low, high) == bootstrap_interval(list(range(10)))
+
+
+def test_claims_rows_carry_the_bootstrap_and_say_where_it_disagrees():
+    from dstcore.analysis.claims import with_bootstrap
+    from dstcore.analysis.stats import ordering_status
+
+    # +1, +2, +3 pp: t interval [-0.48, 4.48] spans 0 (undecided); every resample mean >= 1
+    row = {"reproduced_mean": 2.0, "status": "undecided", "detail": "TL1 minus ℓ1"}
+    out = with_bootstrap(row, [1.0, 2.0, 3.0], ordering_status)
+    assert (out["boot_low"], out["boot_high"]) == (1.0, 3.0)
+    assert "bootstrap interval [1.00, 3.00] would say holds" in out["detail"]
+    same = with_bootstrap({**row, "status": "holds"}, [1.0, 2.0, 3.0], ordering_status)
+    assert same["detail"] == "TL1 minus ℓ1"

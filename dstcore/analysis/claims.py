@@ -28,6 +28,7 @@ from dstcore.analysis.frontier import (
 )
 from dstcore.analysis.stats import (
     Interval,
+    bootstrap_interval,
     claim_status,
     ordering_status,
     paired,
@@ -52,7 +53,7 @@ READINGS = ("points", "relative")
 REFERENCES = (RunKind.BASELINE, RunKind.CONTROL)  # the runs a gain is taken against
 CLAIM_COLUMNS = ["claim", "paper_value", "reading", "reference", "reproduced_mean", "ci_low",
                  "ci_high", "seeds", "status", "experiment", "computed_as", "rule", "detail",
-                 "seeds_needed"]
+                 "seeds_needed", "boot_low", "boot_high"]
 # How each kind of row is computed (``rule`` of a row; ``{drop}``: the accuracy tolerance in pp,
 # ``{name}``: the proposed method). A row's ``detail`` holds what is particular to it, and its
 # ``computed_as`` both, for readers of the CSV.
@@ -141,9 +142,26 @@ def _gain_claim(runs, frontier, experiment, drop, reading, reference, value) -> 
                 "detail": f"the {method_label(PROPOSED)} λ grid does not bracket that accuracy"}
     gains, beta = found
     ci = t_interval(gains.values())
-    return {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
-            "ci_high": ci.high, "seeds": ci.n, "status": claim_status(value, ci),
-            "rule": "gain", "detail": f"β = {beta:g}"}
+    row = {"experiment": experiment, "reproduced_mean": ci.mean, "ci_low": ci.low,
+           "ci_high": ci.high, "seeds": ci.n, "status": claim_status(value, ci),
+           "rule": "gain", "detail": f"β = {beta:g}"}
+    return with_bootstrap(row, gains.values(), lambda boot: claim_status(value, boot))
+
+
+def with_bootstrap(row: dict, values, status_of) -> dict:
+    """``row`` with the percentile bootstrap interval of its per-seed ``values`` (``boot_low``,
+    ``boot_high``); where that interval gives another status (``status_of``) than the t
+    interval, ``detail`` says so."""
+    values = list(values)
+    low, high = bootstrap_interval(values)
+    out = {**row, "boot_low": low, "boot_high": high}
+    if math.isnan(low):
+        return out
+    boot = status_of(Interval(row["reproduced_mean"], low, high, len(values)))
+    if boot != row["status"]:
+        out["detail"] += (f"; the bootstrap interval [{low:.2f}, {high:.2f}] would say "
+                          f"{boot} (with {len(values)} seeds it is narrower than the t interval)")
+    return out
 
 
 def _most_claim(runs, frontier, experiments, drop) -> list[dict]:
@@ -237,6 +255,7 @@ def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
         detail += (f"; {needed} seeds would decide it at this mean and spread (paired t, 80% "
                    f"power)" if needed is not None else "; no seed count would decide it at "
                    "this mean and spread")
-    return {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
-            "seeds": ci.n, "status": status, "detail": detail,
-            "seeds_needed": math.nan if needed is None else needed}
+    row = {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+           "seeds": ci.n, "status": status, "detail": detail,
+           "seeds_needed": math.nan if needed is None else needed}
+    return with_bootstrap(row, found["differences"].values(), ordering_status)

@@ -126,19 +126,22 @@ def best_sweep(frontier: pd.DataFrame, experiment: str, drop: float, method: str
 def tl1_vs_best_other(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
                       drop: float) -> dict:
     """Paired per-seed difference of TL1's frontier (best β) minus the best other method's
-    (by mean) at ``drop``; ``interval`` is None when a frontier is not bracketed."""
+    (by mean) at ``drop``: its t ``interval`` (None when a frontier is not bracketed) and the
+    per-seed ``differences``."""
     rows = completed(runs, experiment)
     target = baseline_top1(rows) - drop
     tl1 = best_sweep(frontier, experiment, drop, PROPOSED)
     others = [r for m in compared_methods() if m != PROPOSED
               if (r := best_sweep(frontier, experiment, drop, m)) is not None]
-    out = {"tl1_beta": None if tl1 is None else tl1.beta, "other": None, "interval": None}
+    out = {"tl1_beta": None if tl1 is None else tl1.beta, "other": None, "interval": None,
+           "differences": {}}
     if tl1 is None or not others:
         return out
     other = max(others, key=lambda r: r.sparsity_mean)
     diff = paired(frontier_values(rows, PROPOSED, tl1.beta, target),
                   frontier_values(rows, other.method, other.beta, target))
-    return {**out, "other": other.method, "interval": t_interval(diff.values())}
+    return {**out, "other": other.method, "interval": t_interval(diff.values()),
+            "differences": diff}
 
 
 def _isnan(value) -> bool:

@@ -7,6 +7,7 @@ weights, same data order). Accuracies and sparsities are percentages; gains are 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,26 @@ def t_interval(values: Iterable[float], confidence: float = CONFIDENCE) -> Inter
         return Interval(mean, math.nan, math.nan, 1)
     half = float(scipy_stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Interval(mean, mean - half, mean + half, n)
+
+
+def bootstrap_interval(values: Iterable[float], confidence: float = CONFIDENCE,
+                       resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval (low, high) of the mean of the finite ``values``: seeds
+    resampled with replacement, as rliable's stratified bootstrap does within one task. Exact
+    (all n^n resamples, equally likely) when n^n <= ``resamples``, else ``resamples`` draws
+    seeded by ``seed``; quantiles by the inverted CDF. (nan, nan) for fewer than 2 values."""
+    x = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    n = len(x)
+    if n < 2:
+        return math.nan, math.nan
+    if n ** n <= resamples:
+        index = np.array(list(itertools.product(range(n), repeat=n)))
+    else:
+        index = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    means = x[index].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail], method="inverted_cdf")
+    return float(low), float(high)
 
 
 def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[int, float]:

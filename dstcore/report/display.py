@@ -75,6 +75,9 @@ def claims_view(claims: pd.DataFrame, rule_marks: dict[str, str]
     view = ran[["claim", "paper_value", "reading", "reference"]].copy()
     view["reproduced"] = [signed_interval_text(m, lo, hi) for m, lo, hi in
                           zip(ran.reproduced_mean, ran.ci_low, ran.ci_high, strict=True)]
+    if "boot_low" in ran:
+        view["bootstrap"] = [signed_interval_text(m, lo, hi) for m, lo, hi in
+                             zip(ran.reproduced_mean, ran.boot_low, ran.boot_high, strict=True)]
     view["seeds"] = ran.seeds
     view["status"] = [badge(s) for s in ran.status]
     view["experiment"] = ran.experiment.fillna("")

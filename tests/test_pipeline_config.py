@@ -34,7 +34,7 @@ def edit(path: str, value, delete: bool = False) -> dict:
 
 CASES = [
     ("experiments.0.model", "vgg16", r"config.experiments\[0\].model: 'vgg16' is not allowed; "
-                                     r"expected one of lenet5, resnet8"),
+                                     r"expected one of lenet5, (.+, )?resnet8"),
     ("experiments.0.dataset", "svhn", r"experiments\[0\].dataset: 'svhn' is not allowed; "
                                       r"expected one of mnist"),
     ("experiments.0.regularizers.l2", {"lams": [1.0]}, r"experiments\[0\].regularizers: unknown "

@@ -157,13 +157,14 @@ def test_data_root_must_exist(tmp_path):
 
 
 def test_schema_names_come_from_the_registries():
-    from dstcore.sparsity.regularizers import REGISTRY
+    from dstcore.sparsity.regularizers import regularizers
     from dstcore.workflow.checks import filled_schema
 
     props = filled_schema(SCHEMA)["$defs"]["experiment"]["properties"]
     assert props["model"]["enum"] == list(MODELS)
     assert props["dataset"]["enum"] == list(DATASETS)
-    assert list(props["regularizers"]["properties"]) == list(REGISTRY)
+    assert list(props["regularizers"]["properties"]) == list(regularizers())  # not FATReLU
+    assert set(props["fatrelu"]["properties"]) == {"budgets", "search_images", "search_steps"}
     assert props["regularizers"]["properties"]["tl1"] == {"$ref": "#/$defs/shape_sweep"}
 
 

@@ -145,9 +145,11 @@ def test_claims_rows_carry_the_bootstrap_and_say_where_it_disagrees():
     from dstcore.analysis.stats import ordering_status
 
     # +1, +2, +3 pp: t interval [-0.48, 4.48] spans 0 (undecided); every resample mean >= 1
-    row = {"reproduced_mean": 2.0, "status": "undecided", "detail": "TL1 minus ℓ1"}
+    row = {"reproduced_mean": 2.0, "ci_low": -0.48, "ci_high": 4.48, "status": "undecided",
+           "detail": "TL1 minus ℓ1"}
     out = with_bootstrap(row, [1.0, 2.0, 3.0], ordering_status)
     assert (out["boot_low"], out["boot_high"]) == (1.0, 3.0)
     assert "bootstrap interval [1.00, 3.00] would say holds" in out["detail"]
+    assert "width 2.00 vs the t interval's 4.96, 3 seeds" in out["detail"]
     same = with_bootstrap({**row, "status": "holds"}, [1.0, 2.0, 3.0], ordering_status)
     assert same["detail"] == "TL1 minus ℓ1"

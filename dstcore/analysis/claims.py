@@ -159,8 +159,10 @@ def with_bootstrap(row: dict, values, status_of) -> dict:
         return out
     boot = status_of(Interval(row["reproduced_mean"], low, high, len(values)))
     if boot != row["status"]:
+        width = row["ci_high"] - row["ci_low"]
         out["detail"] += (f"; the bootstrap interval [{low:.2f}, {high:.2f}] would say "
-                          f"{boot} (with {len(values)} seeds it is narrower than the t interval)")
+                          f"{boot} (width {high - low:.2f} vs the t interval's {width:.2f}, "
+                          f"{len(values)} seeds)")
     return out
 
 

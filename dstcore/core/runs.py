@@ -68,7 +68,8 @@ class RunKind(StrEnum):
 
     @property
     def command(self) -> str:
-        """The ``dst`` sub-command of this kind (``train``, ``finetune`` or ``prune``)."""
+        """The ``dst`` sub-command of this kind (``train``, ``finetune``, ``prune`` or
+        ``threshold``)."""
         return {RunKind.BASELINE: "train", RunKind.PRUNED: "prune",
                 RunKind.THRESHOLD: "threshold"}.get(self, "finetune")
 

@@ -167,19 +167,19 @@ def held_out_slice(bundle: DataBundle, size: int, seed: int) -> tuple[Tensor, Te
     from dstcore.data.datasets import image_transforms, stratified_subset
 
     train = bundle.train
-    pool, where = train, "training"
-    if isinstance(train, Subset) and len(train.dataset) - len(train.indices) >= size:
-        base = train.dataset
-        rest = sorted(set(range(len(base))) - set(int(i) for i in train.indices))
-        pool, where = Subset(base, rest), "held-out"
-        pool.targets = [base.targets[i] for i in rest]
-    base = pool.dataset if isinstance(pool, Subset) else pool
+    base = train.dataset if isinstance(train, Subset) else train
+    trained = [int(i) for i in train.indices] if isinstance(train, Subset) else []
+    indices, where = trained or list(range(len(base))), "training"
+    if trained and len(base) - len(trained) >= size:
+        used = set(trained)
+        indices, where = [i for i in range(len(base)) if i not in used], "held-out"
     if hasattr(base, "transform"):  # no augmentation on the slice
-        plain = copy.copy(base)
-        plain.transform = image_transforms(bundle.spec, train=False)
-        pool = Subset(plain, pool.indices) if isinstance(pool, Subset) else plain
-        if not hasattr(pool, "targets"):
-            pool.targets = [plain.targets[i] for i in pool.indices]
+        base = copy.copy(base)
+        base.transform = image_transforms(bundle.spec, train=False)
+    pool = Subset(base, indices)
+    pool.targets = [base.targets[i] for i in indices]
     chosen = stratified_subset(pool, size, seed, "search slice")
+    if isinstance(chosen, Subset) and chosen is not pool:  # one level: in-memory batches
+        chosen = Subset(base, [indices[i] for i in chosen.indices])
     batches = list(make_loader(chosen, 500, shuffle=False))
     return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]), where

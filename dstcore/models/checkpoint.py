@@ -71,13 +71,21 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the model saved at ``path``, with its FATReLU thresholds when it has any
     (``act_thresholds``); returns (model on CPU, metadata)."""
     payload = read_model(path)
+    model = model_from_payload(payload, path)
+    payload.pop("state_dict")
+    return model, payload
+
+
+def model_from_payload(payload: dict, path: str | Path) -> nn.Module:
+    """The model (on CPU) of a payload :func:`read_model` returned for ``path``, with its
+    FATReLU thresholds."""
     try:
         model = build_model(payload["model"], tuple(payload["input_shape"]),
                             payload["num_classes"])
-        model.load_state_dict(payload.pop("state_dict"))
+        model.load_state_dict(payload["state_dict"])
     except (DstError, RuntimeError, TypeError, ValueError, KeyError) as err:
         raise DstError(f"{path}: its weights do not fit its model ({error_line(err)})") from err
-    return with_thresholds(model, payload, path), payload
+    return with_thresholds(model, payload, path)
 
 
 def with_thresholds(model: nn.Module, payload: dict, path: str | Path) -> nn.Module:

@@ -20,7 +20,7 @@ from dstcore.core.records import make_record, write_record
 from dstcore.data.datasets import load_dataset
 from dstcore.data.loaders import held_out_slice
 from dstcore.measure.metrics import full_metrics
-from dstcore.models.checkpoint import load_model, save_model
+from dstcore.models.checkpoint import model_from_payload, save_model
 from dstcore.sparsity.fatrelu import apply_thresholds, search_thresholds
 from dstcore.training.config import RunConfig, validate
 from dstcore.training.runtime import configure_runtime, resolve_device, say
@@ -53,8 +53,7 @@ def threshold_run(cfg: RunConfig, out_dir: str | Path, init: str | Path, resume:
                           d.train_subset, d.test_subset, d.subset_seed)
     f = cfg.fatrelu
     images, labels, where = held_out_slice(bundle, f.search_images, d.subset_seed)
-    model, _ = load_model(init)
-    model = model.to(device)
+    model = model_from_payload(parent, init).to(device)  # read once, by load_parent
     t0 = time.perf_counter()
     thresholds, steps, start = search_thresholds(model, images.to(device), labels.to(device),
                                                  f.budget_pp, f.search_steps)

@@ -108,6 +108,7 @@ LIMITS = [
     ("train.memory_format", "nhwc", "one of auto, contiguous, channels_last"),
     ("train.collapse_factor", -0.5, "a number >= 0"),
     ("train.eval_every", -1, "an integer >= 0"),
+    ("train.curve_images", -1, "an integer >= 0"),
     ("reg.lam", -0.1, "a number >= 0"),
     ("reg.beta", 0.0, "a number > 0"),
     ("reg.layer_weights", {"fc1": -1.0}, "weights >= 0"),

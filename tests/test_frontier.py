@@ -153,3 +153,40 @@ def test_dual_structure_table_shows_block_next_to_element():
     assert element.lam == 1.0 and element.mac_reduction_pct == pytest.approx(70.0)
     assert block.lam == 2.0 and block.top1_mean == pytest.approx(97.8)
     assert block.weight_sparsity_mean == pytest.approx(90.0) and block.note == ""
+
+
+def _shifted(experiment: str, tl1_shift: float) -> pd.DataFrame:
+    """make_runs under another name with every TL1 sparsity moved by ``tl1_shift``."""
+    runs = make_runs(experiment)
+    runs.loc[runs.method == "tl1", "activation_sparsity"] += tl1_shift
+    return runs
+
+
+def test_pooled_row_over_architectures_by_hand():
+    runs = pd.concat([_shifted("a", 0.0), _shifted("b", 0.02), _shifted("c", -0.20)])
+    claims = paper_vs_reproduced(runs, 0.5)
+    pooled = claims[claims.rule == "pooled"].iloc[0]
+    # per seed the TL1 frontier moves by the shift in seed 0 (its target lies between two TL1
+    # points) and by half of it in seed 1 (between the control and the first TL1 point): the
+    # architecture means are 7.285714, 7.285714 + 1.5 and 7.285714 - 15
+    assert pooled.reproduced_mean == pytest.approx(7.285714 + (1.5 - 15) / 3, abs=1e-5)
+    # deviations 4.5, 6, -10.5: sd = sqrt(166.5 / 2), t(0.975, 2) = 4.302653
+    half = 4.302653 * math.sqrt(83.25) / math.sqrt(3)
+    assert pooled.ci_high - pooled.reproduced_mean == pytest.approx(half, abs=1e-4)
+    assert pooled.status == "undecided" and pooled.seeds == 2
+    assert "2 of 3 architectures have TL1 ahead" in pooled.detail
+    assert "sign test (one-sided) p = 0.5" in pooled.detail
+    assert "architectures would decide it" in pooled.detail
+    assert pooled.experiment == "a, b, c" and math.isnan(pooled.seeds_needed)
+    # stratified bootstrap: the resampled pooled mean never leaves [min, max] of the seed sums
+    assert pooled.boot_low <= pooled.reproduced_mean <= pooled.boot_high
+    one = paper_vs_reproduced(make_runs(), 0.5)
+    only = one[one.claim.str.contains("adapts")].iloc[0]
+    assert only.status == "undecided" and "fewer than two architectures" in only.detail
+
+
+def test_pooled_row_holds_when_every_architecture_agrees():
+    runs = pd.concat([_shifted("a", 0.0), _shifted("b", 0.02), _shifted("c", 0.05)])
+    pooled = paper_vs_reproduced(runs, 0.5).query("rule == 'pooled'").iloc[0]
+    assert pooled.status == "holds" and "3 of 3 architectures" in pooled.detail
+    assert pooled.ci_low > 0

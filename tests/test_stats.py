@@ -153,3 +153,33 @@ def test_claims_rows_carry_the_bootstrap_and_say_where_it_disagrees():
     assert "width 2.00 vs the t interval's 4.96, 3 seeds" in out["detail"]
     same = with_bootstrap({**row, "status": "holds"}, [1.0, 2.0, 3.0], ordering_status)
     assert same["detail"] == "TL1 minus ℓ1"
+
+
+def test_stratified_bootstrap_by_hand():
+    from dstcore.analysis.stats import stratified_bootstrap_interval
+
+    # group means resampled within groups: {0, 1, 1, 2} and {10} -> pooled {5, 5.5, 5.5, 6}
+    assert stratified_bootstrap_interval([[0.0, 2.0], [10.0]]) == (5.0, 6.0)
+    # {0, 1, 1, 2} x {0, 2, 2, 4}, halved: 16 equally likely means from 0 to 3, P(0) = P(3) = 1/16
+    assert stratified_bootstrap_interval([[0.0, 2.0], [0.0, 4.0]]) == (0.0, 3.0)
+    # a 50% interval: the 25% quantile is 1 (CDF 5/16 there), the 75% quantile 2 (CDF 13/16)
+    assert stratified_bootstrap_interval([[0.0, 2.0], [0.0, 4.0]], confidence=0.5) == (1.0, 2.0)
+    assert all(math.isnan(v) for v in stratified_bootstrap_interval([[1.0, 2.0]]))
+    assert all(math.isnan(v) for v in stratified_bootstrap_interval([[1.0], [math.nan]]))
+    big = [list(range(6)), list(range(6))]  # 6^6 squared resamples: seeded draws
+    low, high = stratified_bootstrap_interval(big)
+    assert 1.0 < low < 2.5 < high < 4.0 and (low, high) == stratified_bootstrap_interval(big)
+
+
+def test_sign_test_and_t_test_by_hand():
+    from dstcore.analysis.stats import sign_test_p, t_test_p
+
+    assert sign_test_p([1.0, 2.0, -3.0]) == pytest.approx(0.5)  # P(X >= 2 | 3, 1/2) = 4/8
+    assert sign_test_p([1.0, 2.0, 3.0, 0.0]) == pytest.approx(0.125)  # the zero is dropped
+    assert sign_test_p([-1.0, -2.0]) == pytest.approx(1.0) and math.isnan(sign_test_p([0.0]))
+    # 6, 8, -14 around 1.2857: sd = sqrt(296 / 2), t = 1.2857 / (sd / sqrt(3)); with two degrees
+    # of freedom the two-sided p is 1 - t / sqrt(2 + t^2)
+    values = [7.285714, 9.285714, -12.714286]
+    t = (sum(values) / 3) / (math.sqrt(148) / math.sqrt(3))
+    assert t_test_p(values) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+    assert math.isnan(t_test_p([1.0])) and math.isnan(t_test_p([2.0, 2.0]))

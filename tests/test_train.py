@@ -213,3 +213,21 @@ def test_eval_every_two_evaluates_epochs_two_and_the_last(tmp_path, digits):
     run(cfg(train={"eval_every": 2, "epochs": 3}), "train", out, bundle=digits)
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [line["test_top1"] is not None for line in lines] == [False, True, True]
+
+
+def test_curve_images_logs_a_point_per_epoch_and_changes_nothing(tmp_path, digits, baseline):
+    out = tmp_path / "curves"
+    run(cfg(train={"curve_images": 50}), "train", out, bundle=digits)
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= line["curve_top1"] <= 1 and 0 <= line["curve_sparsity"] <= 1
+               for line in lines) and len(lines) == 3
+    # the slice is evaluated after each epoch: the same weights, a separate key, the same hash
+    a, b = state(baseline / "model.pt"), state(out / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert cfg(train={"curve_images": 50}).semantic_hash() == cfg().semantic_hash()
+    # the whole test subset as the slice gives the test evaluation's numbers
+    full = tmp_path / "whole"
+    run(cfg(train={"curve_images": 200, "epochs": 1}), "train", full, bundle=digits)
+    line = json.loads((full / "log.jsonl").read_text())
+    assert line["curve_top1"] == line["test_top1"]
+    assert line["curve_sparsity"] == pytest.approx(line["activation_sparsity"])

@@ -8,10 +8,16 @@ activation_sparsity, weight_sparsity (fractions of exact zeros), dense_macs, eff
 (multiplications per image), mac_reduction_pct, epochs_completed, wall_seconds,
 train_seconds_per_epoch, eval_seconds, diverged_epoch, divergence_reason, run_dir,
 git_commit, device.
+
+``curves.csv``: one row per run x epoch from each run's ``log.jsonl``: the run's identity
+columns, ``epoch`` (1-based), ``phase``, ``train_loss``, ``curve_top1`` / ``curve_sparsity``
+(the fixed test slice of ``train.curve_images``; empty when the run had none) and
+``test_top1`` / ``test_sparsity`` (the epochs the full test set was evaluated).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -110,6 +116,41 @@ def layer_rows(metrics: dict, row: dict) -> list[dict]:
     return rows
 
 
+CURVE_COLUMNS = [
+    "experiment", "kind", "method", "lam", "beta", "prune_rate", "prune_structure", "seed",
+    "status", "run_dir", "epoch", "phase", "train_loss", "curve_top1", "curve_sparsity",
+    "test_top1", "test_sparsity",
+]
+
+
+def curve_rows(log_file: Path, row: dict) -> list[dict]:
+    """``curves.csv`` rows of one run: a line of its ``log.jsonl`` per epoch (none when the
+    run wrote no log)."""
+    if not log_file.is_file():
+        return []
+    rows = []
+    for text in log_file.read_text().splitlines():
+        if not text.strip():
+            continue
+        line = json.loads(text)
+        rows.append({**{k: row[k] for k in CURVE_COLUMNS[:10]},
+                     "epoch": line["epoch"], "phase": line.get("phase", ""),
+                     "train_loss": _number(line.get("train_loss")),
+                     "curve_top1": _number(line.get("curve_top1")),
+                     "curve_sparsity": _number(line.get("curve_sparsity")),
+                     "test_top1": _number(line.get("test_top1")),
+                     "test_sparsity": _number(line.get("activation_sparsity"))})
+    return rows
+
+
+def curve_table(runs: pd.DataFrame, results_dir: Path) -> pd.DataFrame:
+    """``curves.csv`` of every run of ``runs`` (its ``run_dir`` relative to ``results_dir``)."""
+    rows = []
+    for row in runs.to_dict("records"):
+        rows.extend(curve_rows(Path(results_dir) / row["run_dir"] / "log.jsonl", row))
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
 def collect(metrics_files: list[Path], results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, layers) tables from ``metrics_files``; a missing or unreadable file is an error."""
     runs, layers = [], []
@@ -161,8 +202,10 @@ def best_within_tolerance(candidates: pd.DataFrame, reference_top1: float,
 
 
 def write_tables(metrics_files: list[Path], results_dir: Path, out_dir: Path) -> pd.DataFrame:
-    """Write ``runs.csv`` and ``layers.csv`` into ``out_dir``; return the runs table."""
+    """Write ``runs.csv``, ``layers.csv`` and ``curves.csv`` into ``out_dir``; return the runs
+    table."""
     runs, layers = collect(metrics_files, results_dir)
     write_csv(Path(out_dir) / "runs.csv", runs)
     write_csv(Path(out_dir) / "layers.csv", layers)
+    write_csv(Path(out_dir) / "curves.csv", curve_table(runs, results_dir))
     return runs

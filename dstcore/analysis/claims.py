@@ -34,7 +34,10 @@ from dstcore.analysis.stats import (
     paired,
     relative,
     seeds_needed,
+    sign_test_p,
+    stratified_bootstrap_interval,
     t_interval,
+    t_test_p,
 )
 from dstcore.analysis.tables import best_dual
 from dstcore.core.runs import ELEMENT, RunKind, structure_family
@@ -62,8 +65,10 @@ CLAIM_RULES = {
             "mean, minus the reference's sparsity, per seed: in points (pp), or relative "
             "(divided by the reference's sparsity, × 100, in %); 95% t interval over seeds. "
             "Reproduced when the interval contains the paper's value or lies above it.",
-    "most": "The median over experiments of the mean {name} gain (as in the gain rule); "
-            "reproduced when more than half the experiments reproduce the paper's value.",
+    "most": "The median over experiments (one architecture on one dataset each) of the mean "
+            "{name} gain (as in the gain rule); reproduced when strictly more than half the "
+            "experiments reproduce the paper's value (a tie is not a majority; an experiment "
+            "whose frontier is not bracketed counts as not reproducing).",
     "macs": "1 − effective / dense multiplications per image of the dual sparse model with "
             "unstructured pruning that has the largest mean reduction among those whose mean "
             "top-1 is within {drop:g} pp of the baseline's; 95% t interval over seeds.",
@@ -72,6 +77,14 @@ CLAIM_RULES = {
                 "lies above 0, does not hold below 0, undecided when it spans 0; an undecided "
                 "row gives the seeds a paired t test would need to decide it with 80% power if "
                 "the per-seed differences kept their mean and spread (column seeds_needed).",
+    "pooled": "Per experiment (one architecture on one dataset), the mean over seeds of the "
+              "ordering rule's paired difference ({name} minus the best other method at "
+              "{drop:g} pp below the baseline); then over experiments: holds when the 95% t "
+              "interval of those means lies above 0 (a one-sample t test over architectures, "
+              "two-sided p < 0.05), does not hold below 0, undecided when it spans 0. Beside "
+              "it a one-sided sign test over the experiments and rliable's stratified bootstrap "
+              "(seeds resampled within each experiment). An undecided row gives the number of "
+              "architectures the t test would need (80% power) at the observed mean and spread.",
     "not run": "The configuration has no experiment with the claim's model and dataset.",
 }
 
@@ -104,6 +117,7 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
     rows += _mac_claims(runs, models, tolerance_pp)
     compared = [e for e in proposed_exps if (methods[e] != PROPOSED).any()]
     rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in compared]
+    rows.append(_pooled_claim(runs, frontier, compared, tolerance_pp))
     table = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
     table["computed_as"] = [_computed_as(r.rule, r.detail, tolerance_pp)
                             for r in table.itertuples()]
@@ -261,3 +275,51 @@ def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
            "seeds": ci.n, "status": status, "detail": detail,
            "seeds_needed": math.nan if needed is None else needed}
     return with_bootstrap(row, found["differences"].values(), ordering_status)
+
+
+def _pooled_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiments: list[str],
+                  drop: float) -> dict:
+    """"TL1 adapts to different network structures": the ordering differences of every
+    experiment pooled over experiments (the ``pooled`` rule of :data:`CLAIM_RULES`)."""
+    row = {"claim": f"{method_label(PROPOSED)} adapts to different network structures: "
+                    f"sparsest at matched accuracy across architectures ({drop:g} pp below the "
+                    f"baseline)",
+           "paper_value": math.nan, "reading": "points", "reference": "best other method",
+           "experiment": ", ".join(experiments), "rule": "pooled"}
+    diffs, parts = {}, []
+    for exp in experiments:
+        found = tl1_vs_best_other(runs, frontier, exp, drop)
+        if found["interval"] is None:
+            parts.append(f"{exp}: not bracketed, left out")
+            continue
+        diffs[exp] = found["differences"]
+        parts.append(f"{exp} {found['interval'].mean:+.2f}")
+    means = [t_interval(d.values()).mean for d in diffs.values()]
+    if not experiments:
+        return {**row, "status": "not run", "rule": "not run",
+                "detail": f"no experiment compares {method_label(PROPOSED)} with another method"}
+    if len(means) < 2:
+        return {**row, "status": "undecided", "seeds": len(means),
+                "detail": "fewer than two architectures with bracketed frontiers"
+                          + (f" ({'; '.join(parts)})" if parts else "")}
+    ci = t_interval(means)
+    status = ordering_status(ci)
+    ahead = sum(m > 0 for m in means)
+    detail = (f"{ahead} of {len(means)} architectures have {method_label(PROPOSED)} ahead "
+              f"({'; '.join(parts)}); t test over architecture means p = {t_test_p(means):.3g}, "
+              f"sign test (one-sided) p = {sign_test_p(means):.3g}")
+    if status == "undecided":
+        needed = seeds_needed(ci)
+        detail += (f"; {needed} architectures would decide it at this mean and spread (t, "
+                   f"80% power); more seeds narrow each architecture's mean, not the spread "
+                   f"between architectures" if needed is not None
+                   else "; no number of architectures would decide it at this mean and spread")
+    low, high = stratified_bootstrap_interval([d.values() for d in diffs.values()])
+    row = {**row, "reproduced_mean": ci.mean, "ci_low": ci.low, "ci_high": ci.high,
+           "seeds": min(len(d) for d in diffs.values()), "status": status, "detail": detail,
+           "boot_low": low, "boot_high": high}
+    boot = ordering_status(Interval(ci.mean, low, high, len(means)))
+    if not math.isnan(low) and boot != status:
+        row["detail"] += (f"; the stratified bootstrap interval [{low:.2f}, {high:.2f}] would "
+                          f"say {boot}")
+    return row

@@ -68,6 +68,51 @@ def bootstrap_interval(values: Iterable[float], confidence: float = CONFIDENCE,
     return float(low), float(high)
 
 
+def stratified_bootstrap_interval(groups: Sequence[Iterable[float]],
+                                  confidence: float = CONFIDENCE, resamples: int = 10_000,
+                                  seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the mean over groups of each group's mean, seeds resampled with
+    replacement within each group (rliable's stratified bootstrap: groups = tasks, here
+    architectures). Exact (every resample of every group, equally likely) when their count is
+    at most ``resamples``, else ``resamples`` seeded draws. (nan, nan) for fewer than 2 groups
+    or a group with no finite value."""
+    xs = [np.array([v for v in g if math.isfinite(v)], dtype=float) for g in groups]
+    if len(xs) < 2 or any(len(x) == 0 for x in xs):
+        return math.nan, math.nan
+    total = math.prod(len(x) ** len(x) for x in xs)
+    if total <= resamples:
+        per_group = [x[np.array(list(itertools.product(range(len(x)), repeat=len(x))))]
+                     .mean(axis=1) for x in xs]
+        means = np.array([sum(c) / len(c) for c in itertools.product(*per_group)])
+    else:
+        rng = np.random.default_rng(seed)
+        means = np.mean([x[rng.integers(0, len(x), size=(resamples, len(x)))].mean(axis=1)
+                         for x in xs], axis=0)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def sign_test_p(values: Iterable[float]) -> float:
+    """One-sided sign test: P(at least k of the n non-zero ``values`` are > 0) when each is
+    positive with probability 1/2 (zeros and non-finite values dropped); nan for none."""
+    x = [v for v in values if math.isfinite(v) and v != 0]
+    if not x:
+        return math.nan
+    k = sum(v > 0 for v in x)
+    return float(scipy_stats.binom.sf(k - 1, len(x), 0.5))
+
+
+def t_test_p(values: Iterable[float]) -> float:
+    """Two-sided one-sample t test of mean 0 over the finite ``values`` (nan for fewer than 2
+    or no spread)."""
+    x = np.array([v for v in values if math.isfinite(v)], dtype=float)
+    if len(x) < 2 or x.std(ddof=1) == 0:
+        return math.nan
+    t = x.mean() / (x.std(ddof=1) / math.sqrt(len(x)))
+    return float(2 * scipy_stats.t.sf(abs(t), len(x) - 1))
+
+
 def paired(a: Mapping[int, float], b: Mapping[int, float]) -> dict[int, float]:
     """Per-seed differences a - b over the seeds both have (finite values only)."""
     return {s: a[s] - b[s] for s in sorted(set(a) & set(b))

@@ -162,3 +162,25 @@ def latency_pivots(latency: pd.DataFrame) -> dict[tuple[str, int, int], pd.DataF
             rows.append(row)
         out[(str(device), int(batch), int(threads))] = pd.DataFrame(rows)
     return out
+
+
+def convergence_view(convergence: pd.DataFrame) -> pd.DataFrame:
+    """One row per experiment and judged fine-tune: its λ and drop, the last epoch's sparsity
+    and top-1, their change over the last epoch (sparsity: mean [95% CI] over seeds), and
+    whether the rule of :mod:`dstcore.analysis.convergence` calls it converged."""
+    rows = []
+    for r in convergence.itertuples():
+        control = r.method == "none"
+        rows.append({
+            "experiment": r.experiment,
+            "fine-tune": "λ = 0 control" if control else method_text(r.method, r.beta),
+            "λ": "" if control else f"{r.lam:g}", "drop (pp)": f"{r.drop_pp:.2f}",
+            "seeds": int(r.seeds), "epochs": int(r.epochs), "evaluated on": r.source,
+            "sparsity, last epoch (%)": f"{r.sparsity_last_pct:.2f}",
+            "sparsity change, last epoch (pp)": signed_interval_text(
+                r.sparsity_change_pp, r.sparsity_change_ci_low, r.sparsity_change_ci_high),
+            "top-1 change, last epoch (pp)": ("" if pd.isna(r.top1_change_pp)
+                                              else f"{r.top1_change_pp:+.2f}"),
+            "converged": "yes" if r.converged else ("–" if r.note else "no"),
+        })
+    return pd.DataFrame(rows)

@@ -129,6 +129,37 @@ def frontier_figure(runs: pd.DataFrame, experiment: str, tolerance_pp: float,
     return fig
 
 
+def convergence_figure(curve_means: pd.DataFrame, experiment: str) -> plt.Figure:
+    """Activation sparsity and top-1 per fine-tune epoch (mean over seeds) of the λ each method
+    (and β) is judged at (:mod:`dstcore.analysis.convergence`), beside the λ = 0 control."""
+    sel = curve_means[curve_means.experiment == experiment]
+    if sel.empty:
+        return message_figure(f"{experiment}: no per-epoch curves (train.curve_images is 0)")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    markers, seen = "os^Dv", {}
+    for (method, beta, lam), group in sel.groupby(["method", "beta", "lam"], dropna=False):
+        group = group.sort_values("epoch")
+        control = method == "none"
+        color = KIND_COLORS[RunKind.CONTROL] if control else method_color(method)
+        label = (RunKind.CONTROL.label if control
+                 else f"{method_label(method)}{_beta_suffix(method, beta)} λ={lam:g}")
+        seen[method] = seen.get(method, -1) + 1
+        style = {"color": color, "marker": markers[seen[method] % len(markers)], "ms": 4,
+                 "lw": 1.5, "ls": "--" if control else "-"}
+        left.plot(group.epoch, group.sparsity_pct, label=label, **style)
+        right.plot(group.epoch, group.top1_pct, label=label, **style)
+    for ax, what in ((left, "activation sparsity (%)"), (right, "top-1 accuracy (%)")):
+        ax.set_xlabel("fine-tune epoch")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    right.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{experiment}: fine-tune curves at the λ nearest the 1 pp drop (mean over "
+                 f"seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def _layer_runs(lay: pd.DataFrame, row) -> tuple[pd.DataFrame, str, object]:
     """(layers of the runs, legend label, colour) of one row of :func:`activation_table`."""
     if row.row in ("baseline", "control"):

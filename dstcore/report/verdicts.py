@@ -85,6 +85,12 @@ def verdict_lines(claims: pd.DataFrame) -> tuple[list[str], str]:
         elif rule == "macs":
             r = ran.iloc[0]
             lines.append(_single_line(claim, r, "%", f", {r.paper_value:g}% claimed"))
+        elif rule == "pooled":
+            r = ran.iloc[0]
+            what = (r.detail if math.isnan(r.reproduced_mean) else
+                    f"{value_text(r, ' pp')} over architectures ({r.detail})")
+            lines.append(f"{badge(r.status)} <b>{_html.escape(claim)}</b>: "
+                         f"{_html.escape(what)}.")
         else:  # ordering: one row per experiment
             lines += [_single_line(f"{claim}, {r.experiment}", r, " pp", "")
                       for r in ran.itertuples()]

@@ -6,7 +6,9 @@ the last of ``session.history``, which callbacks complete). One that returns a d
 record stops the run; the loop then restores the last good weights.
 
 1. evaluation: the test pass when due (:func:`evaluation_due`); the last epoch's is the full
-   one of ``metrics.json`` when the run evaluates at all (``final_eval``).
+   one of ``metrics.json`` when the run evaluates at all (``final_eval``); then, when
+   ``train.curve_images`` is set, the learning curve's point on a fixed test slice
+   (:func:`curve_point`).
 2. collapse: a fine-tune whose test accuracy fell to chance stops as diverged.
 3. checkpointing: the atomic ``checkpoint.pt`` and the epoch's ``log.jsonl`` line.
 4. logging: the progress bar and one console line per epoch.
@@ -35,8 +37,14 @@ if TYPE_CHECKING:
 
 def standard_callbacks(s: Session, final_eval: bool, bar: tqdm, t_start: float) -> list[Callback]:
     """The callbacks of a run whose epochs started at ``t_start`` (perf_counter seconds)."""
+    curve_slice: list = []  # built on first use, shared by every epoch of the run
+
     def evaluation(s: Session, epoch: int, stats: EpochStats, line: dict) -> None:
         line.update(evaluate_epoch(s, epoch, final_eval))
+        if s.cfg.train.curve_images > 0:
+            if not curve_slice:
+                curve_slice.append(curve_loader(s))
+            line.update(curve_point(s, curve_slice[0]))
 
     def collapse(s: Session, epoch: int, stats: EpochStats, line: dict) -> dict | None:
         if not collapsed(s, line["test_top1"]):
@@ -92,6 +100,24 @@ def evaluate_epoch(s: Session, epoch: int, final_eval: bool) -> dict:
         top1, loss, sparsity = ev["top1"], ev["loss"], ev["activation_sparsity"]["overall"]
     return {"test_top1": top1, "test_loss": loss, "activation_sparsity": sparsity,
             "eval_seconds": time.perf_counter() - t0}
+
+
+def curve_loader(s: Session) -> list:
+    """The batches of the learning-curve slice: ``train.curve_images`` test images, class-
+    stratified with seed 0 (the same images for every run of a dataset and test subset)."""
+    from dstcore.data.datasets import stratified_subset
+
+    chosen = stratified_subset(s.bundle.test, s.cfg.train.curve_images, 0, "curve slice")
+    return list(make_loader(chosen, s.cfg.data.eval_batch_size, shuffle=False))
+
+
+def curve_point(s: Session, batches: list) -> dict:
+    """``curve_top1`` and ``curve_sparsity`` (fractions) of the model now on ``batches`` and
+    the seconds it took (``curve_seconds``)."""
+    t0 = time.perf_counter()
+    ev = evaluate(s.model, batches, s.device, s.act_layers, s.bundle.num_classes, desc="curve")
+    return {"curve_top1": ev["top1"], "curve_sparsity": ev["activation_sparsity"]["overall"],
+            "curve_seconds": time.perf_counter() - t0}
 
 
 def final_metrics(s: Session) -> dict:

@@ -137,6 +137,9 @@ class TrainConfig:
                                         "diverged", ge=0)
     eval_every: int = param(1, "evaluate the test set every k epochs and after the last "
                                "(0: last only)", ge=0)
+    curve_images: int = param(0, "after every epoch, top-1 and activation sparsity on a fixed "
+                                 "class-stratified slice of this many test images (log.jsonl "
+                                 "curve_top1, curve_sparsity; 0: off)", ge=0)
 
 
 @dataclass
@@ -198,7 +201,8 @@ class RunConfig:
         """Hash of everything that changes results (not where files live or thread counts)."""
         d = self.to_dict()
         for section, key in (("data", "data_root"), ("data", "cache_dir"), ("data", "num_workers"),
-                             ("data", "eval_batch_size"), ("data", "download"), ("train", "eval_every"),
+                             ("data", "eval_batch_size"), ("data", "download"),
+                             ("train", "eval_every"), ("train", "curve_images"),
                              ("train", "threads"), ("train", "device"),
                              ("train", "memory_format")):
             d[section].pop(key)

@@ -135,7 +135,8 @@ def report_figures():
     stems = []
     for name, exp in EXPERIMENTS.items():
         if exp.get("regularizers"):
-            stems += [f"{name}_frontier", f"{name}_tradeoff", f"{name}_layer_sparsity"]
+            stems += [f"{name}_frontier", f"{name}_tradeoff", f"{name}_layer_sparsity",
+                      f"{name}_convergence"]
         if exp.get("dual"):
             stems.append(f"{name}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
@@ -143,8 +144,8 @@ def report_figures():
     return stems
 
 
-REPORT_TABLES = ["frontier", "activation_sparsity", "dual_sparse", "dual_structures",
-                 "paper_vs_reproduced", "diverged", "latency_models"]
+REPORT_TABLES = ["frontier", "activation_sparsity", "convergence", "dual_sparse",
+                 "dual_structures", "paper_vs_reproduced", "diverged", "latency_models"]
 
 
 def report_targets():

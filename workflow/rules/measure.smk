@@ -10,6 +10,7 @@ rule aggregate:
     output:
         runs=f"{RESULTS}/tables/runs.csv",
         layers=f"{RESULTS}/tables/layers.csv",
+        curves=f"{RESULTS}/tables/curves.csv",
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:

@@ -10,6 +10,7 @@ rule report:
         notebook="notebooks/report.ipynb",
         runs=f"{RESULTS}/tables/runs.csv",
         layers=f"{RESULTS}/tables/layers.csv",
+        curves=f"{RESULTS}/tables/curves.csv",
         latency=latency_targets(),
     output:
         notebook=f"{RESULTS}/report/report.ipynb",
@@ -38,6 +39,7 @@ rule report:
     shell:
         "python -m dstcore.cli render --notebook {input.notebook} --out {output.notebook} "
         "--html {output.html} -p runs_csv {input.runs} -p layers_csv {input.layers} "
+        "-p curves_csv {input.curves} "
         "-p tables_dir {params.tables} -p figures_dir {params.figures} "
         "-p tolerance_pp {params.tolerance} -p frontier_drops_pp '{params.drops}' "
         "-p latency_csvs '{params.latency}' -p config_files '{params.configs}' "

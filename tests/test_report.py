@@ -244,7 +244,7 @@ def test_every_figure_is_in_the_html_and_on_disk(rendered):
     for exp in config["experiments"]:
         if exp.get("regularizers"):
             stems += [f"{exp['name']}_{kind}" for kind in ("frontier", "tradeoff",
-                                                             "layer_sparsity")]
+                                                             "layer_sparsity", "convergence")]
         if exp.get("dual"):
             stems.append(f"{exp['name']}_dual_macs")
         if config["latency"]["enabled"] and exp.get("latency"):
@@ -401,7 +401,7 @@ def test_report_opens_with_the_verdicts_and_each_section_with_its_figures(render
         elif sections:
             current.append(element.name)
     with_figures = [s for s, items in sections.items() if "img" in items]
-    assert len(with_figures) == 4, sections  # frontiers, grid points, dual sparse, latency
+    assert len(with_figures) == 5, sections  # frontiers, grid points, convergence, dual, latency
     for section in with_figures:
         assert sections[section][0] == "img", section
     for details in soup.find_all("details"):
@@ -423,3 +423,15 @@ def test_undecided_orderings_say_how_many_seeds_would_decide_them(rendered):
         assert r.seeds_needed == expect and expect >= 2
         assert f"{expect} seeds would decide it" in r.detail
         assert f"{expect} seeds would decide it" in soup.get_text()
+
+
+def test_convergence_section_reads_the_curves_of_the_fine_tunes(rendered):
+    results, config, soup, runs = rendered
+    curves = pd.read_csv(results / "tables/curves.csv")
+    assert set(curves.run_dir) <= set(runs.run_dir)
+    lenet = curves[(curves.experiment == "lenet5_mnist") & (curves.kind == "actreg")]
+    assert lenet.curve_top1.notna().all() and lenet.curve_sparsity.between(0, 1).all()
+    table = pd.read_csv(results / "tables/convergence.csv")
+    assert {"none", "tl1"} <= set(table.method)
+    assert table.epochs.max() == 1 and not table.converged.any()  # smoke: one epoch
+    assert soup.find("table", id="convergence") is not None or "convergence" in soup.get_text()

@@ -9,9 +9,12 @@
 # 2. starts a private munged, slurmctld and slurmd (one node, partitions "main" and "gpu") whose
 #    config, keys, state, spool and logs all live in one temp folder, on free ports, with a
 #    unique cluster name, so an existing SLURM/munge on the machine is neither used nor touched;
-# 3. runs the smoke DAG with `snakemake all --profile profiles/slurm` and prints its wall time;
-# 4. runs the same DAG locally and checks that runs.csv/layers.csv are equal (timing and git
-#    columns aside) and that every model.pt holds a bit-identical state_dict;
+# 3. runs the smoke DAG's first experiment (every rule: training, FATReLU, stages 2 and 3,
+#    latency, aggregate, report; DST_SLURM_ALL=1: every experiment) with
+#    `snakemake all --profile profiles/slurm` and prints its wall time;
+# 4. runs the whole smoke DAG locally and checks that the SLURM run's rows of runs.csv/layers.csv
+#    equal the local ones (timing and git columns aside) and that every model.pt holds a
+#    bit-identical state_dict;
 # 5. stops the daemons it started, by PID, from an EXIT trap (so also on failure or Ctrl-C).
 #
 # Exit status: 0 = passed, or skipped with a line "SKIP: <reason>" (not root, packages cannot be
@@ -23,6 +26,7 @@
 #   DST_SLURM_COMPARE_WITH  results folder of a smoke run made locally from this checkout (what
 #                        .ci/run passes from make test): compared with instead of a new local run
 #   DST_SLURM_KEEP=1     keep the temp folder on success too (it is always kept on failure)
+#   DST_SLURM_ALL=1      run every experiment of config/smoke.yaml through SLURM, not the first
 #   DST_SLURM_SNAKEMAKE_ARGS  extra arguments for the SLURM run only (e.g. "--cores 8" to try a
 #                        profile change without editing profiles/slurm/config.yaml)
 #   DST_SKIP_SLURM=1     skip without doing anything
@@ -341,7 +345,23 @@ run_snakemake() {  # name, log, args...: run under timeout, print progress, retu
 # --cores = this node's CPUs (the profile's `cores: 8` is the EDIT line for a real node; the
 # latency job asks for all of them, more than this one-node test cluster has).
 read -r -a extra_args <<<"${DST_SLURM_SNAKEMAKE_ARGS:-}"
-slurm_args=(all --profile profiles/slurm --configfile config/smoke.yaml
+# The first experiment of the smoke config holds every rule; the others add jobs of the same
+# rules (a later config file replaces the experiments list, so their runs are the same runs).
+config_files=(config/smoke.yaml)
+if [ "${DST_SLURM_ALL:-0}" != 1 ]; then
+  "$PY" - "$WORK/first_experiment.yaml" <<'EOF'
+import sys
+
+import yaml
+
+experiments = yaml.safe_load(open("config/smoke.yaml"))["experiments"][:1]
+yaml.safe_dump({"experiments": experiments}, open(sys.argv[1], "w"), sort_keys=False)
+print(f"[slurm-test] through SLURM: experiment {experiments[0]['name']} of config/smoke.yaml "
+      f"(DST_SLURM_ALL=1: all)")
+EOF
+  config_files+=("$WORK/first_experiment.yaml")
+fi
+slurm_args=(all --profile profiles/slurm --configfile "${config_files[@]}"
   --config "results_dir=$SLURM_RESULTS" --slurm-init-seconds-before-status-checks 2
   --slurm-logdir "$WORK/slurm-logs" --cores "$(nproc)" "${extra_args[@]}")
 [ "${#extra_args[@]}" -eq 0 ] || say "extra arguments (DST_SLURM_SNAKEMAKE_ARGS): ${extra_args[*]}"
@@ -421,9 +441,11 @@ ignore = [*TIMING_COLUMNS, "git_commit", "git_dirty", "host"]
 for table in ("runs.csv", "layers.csv"):
     a = pd.read_csv(slurm / "tables" / table)
     b = pd.read_csv(local / "tables" / table)
+    b = b[b.experiment.isin(set(a.experiment))].reset_index(drop=True)  # the experiments run
     drop = [c for c in ignore if c in a.columns]
     pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop))
-    print(f"[slurm-test] {table}: {len(a)} rows equal (ignoring {', '.join(drop) or 'nothing'})")
+    print(f"[slurm-test] {table}: {len(a)} rows equal (ignoring {', '.join(drop) or 'nothing'}; "
+          f"experiments {', '.join(sorted(set(a.experiment)))})")
 runs = pd.read_csv(slurm / "tables/runs.csv")
 for run_dir in runs.run_dir:
     x = read_model(slurm / run_dir / "model.pt")["state_dict"]

@@ -116,8 +116,9 @@ def paper_vs_reproduced(runs: pd.DataFrame, tolerance_pp: float,
     rows += _most_claim(runs, frontier, proposed_exps, tolerance_pp)
     rows += _mac_claims(runs, models, tolerance_pp)
     compared = [e for e in proposed_exps if (methods[e] != PROPOSED).any()]
-    rows += [_ordering_claim(runs, frontier, e, tolerance_pp) for e in compared]
-    rows.append(_pooled_claim(runs, frontier, compared, tolerance_pp))
+    orderings = {e: tl1_vs_best_other(runs, frontier, e, tolerance_pp) for e in compared}
+    rows += [_ordering_claim(e, found, tolerance_pp) for e, found in orderings.items()]
+    rows.append(_pooled_claim(orderings, tolerance_pp))
     table = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
     table["computed_as"] = [_computed_as(r.rule, r.detail, tolerance_pp)
                             for r in table.itertuples()]
@@ -253,9 +254,8 @@ def _mac_claim(runs: pd.DataFrame, experiment: str, drop: float, value: float) -
                       f"λ = {best.lam:g}, β = {best.beta:g}{note}"}
 
 
-def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
-                    drop: float) -> dict:
-    found = tl1_vs_best_other(runs, frontier, experiment, drop)
+def _ordering_claim(experiment: str, found: dict, drop: float) -> dict:
+    """The ordering row of ``experiment`` from its :func:`tl1_vs_best_other` at ``drop``."""
     name = method_label(PROPOSED)
     row = {"claim": f"{name} gives the sparsest activations at matched accuracy ({drop:g} pp "
                     f"below the baseline)", "paper_value": math.nan, "reading": "points",
@@ -277,18 +277,18 @@ def _ordering_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiment: str,
     return with_bootstrap(row, found["differences"].values(), ordering_status)
 
 
-def _pooled_claim(runs: pd.DataFrame, frontier: pd.DataFrame, experiments: list[str],
-                  drop: float) -> dict:
+def _pooled_claim(orderings: dict[str, dict], drop: float) -> dict:
     """"TL1 adapts to different network structures": the ordering differences of every
-    experiment pooled over experiments (the ``pooled`` rule of :data:`CLAIM_RULES`)."""
+    experiment ({experiment: its :func:`tl1_vs_best_other` at ``drop``}) pooled over
+    experiments (the ``pooled`` rule of :data:`CLAIM_RULES`)."""
+    experiments = list(orderings)
     row = {"claim": f"{method_label(PROPOSED)} adapts to different network structures: "
                     f"sparsest at matched accuracy across architectures ({drop:g} pp below the "
                     f"baseline)",
            "paper_value": math.nan, "reading": "points", "reference": "best other method",
            "experiment": ", ".join(experiments), "rule": "pooled"}
     diffs, parts = {}, []
-    for exp in experiments:
-        found = tl1_vs_best_other(runs, frontier, exp, drop)
+    for exp, found in orderings.items():
         if found["interval"] is None:
             parts.append(f"{exp}: not bracketed, left out")
             continue

@@ -29,16 +29,21 @@ CURVE_MEAN_COLUMNS = ["experiment", "method", "beta", "lam", "epoch", "seeds", "
                       "top1_pct"]
 
 
+def top1_by_lam(rows: pd.DataFrame, kind: str, method: str, beta: float) -> pd.Series:
+    """Mean top-1 (%) over seeds per λ of the completed ``kind`` runs of ``method`` (β)."""
+    runs = rows[(rows.kind == kind) & (rows.method == method)]
+    if not math.isnan(beta):
+        runs = runs[runs.beta == beta]
+    return runs.groupby("lam").top1_pct.mean()
+
+
 def judged_lam(rows: pd.DataFrame, method: str, beta: float, base_top1: float) -> float | None:
     """The λ of ``method`` (β) whose mean completed top-1 is nearest ``DROP_PP`` below
     ``base_top1`` (None when the method has no completed fine-tune)."""
-    runs = rows[(rows.kind == method_kind(method)) & (rows.method == method)]
-    if not math.isnan(beta):
-        runs = runs[runs.beta == beta]
-    if runs.empty:
+    top1 = top1_by_lam(rows, method_kind(method), method, beta)
+    if top1.empty:
         return None
-    drops = base_top1 - runs.groupby("lam").top1_pct.mean()
-    return float((drops - DROP_PP).abs().idxmin())
+    return float((base_top1 - top1 - DROP_PP).abs().idxmin())
 
 
 def seed_curves(curves: pd.DataFrame, experiment: str, kind: str, method: str, beta: float,
@@ -113,9 +118,7 @@ def convergence_tables(runs: pd.DataFrame, curves: pd.DataFrame
             curve, source = seed_curves(curves, experiment, kind, method, beta, lam)
             if curve.empty:
                 continue
-            drop = base - rows[(rows.kind == kind) & (rows.method == method) & (rows.lam == lam)
-                               & ((rows.beta == beta) if not math.isnan(beta) else True)
-                               ].top1_pct.mean()
+            drop = base - top1_by_lam(rows, kind, method, beta)[lam]
             key = {"experiment": experiment, "method": method, "beta": beta, "lam": lam,
                    "drop_pp": float(drop)}
             rows_out.append(convergence_row(curve, source, key))

@@ -68,6 +68,8 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	$(BIN)/dst bench-train --models lenet5 resnet20 --batch-sizes 64 128 --threads 1 \
 		--out results/bench/train_cpu.csv
+	$(BIN)/dst bench-train --models resnet20 --batch-sizes 64 --threads 1 --precision auto \
+		--compile --out results/bench/train_cpu_compiled.csv
 
 # The same on a CUDA GPU (docs/gpu.md): ResNet-20 and ResNet18 at 32x32, bf16, batch 128, with
 # the data held on the GPU and then decoded and augmented in DataLoader workers.

@@ -33,8 +33,8 @@ def base(tmp_path_factory):
     (["train", "--set", "prune.structure=rows"], "prune.structure: 'rows' is not allowed"),
     (["train", "--set", "prune.block_out=-16"], "prune.block_out: -16 is not allowed"),
     (["train", "--set", "data.dataset=\x0c"], "override 'data.dataset=\\x0c': value is not valid"),
-    (["train", "--set", "train.precision=bf16", "--set", "train.device=cpu"],
-     "train.precision: 'bf16' needs a CUDA device (train.device resolved to cpu)"),
+    (["train", "--set", "train.precision=tf32", "--set", "train.device=cpu"],
+     "train.precision: 'tf32' needs a CUDA device (train.device resolved to cpu)"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, argv, message):
     out = tmp_path / "run"

@@ -104,7 +104,7 @@ LIMITS = [
     ("train.seed", 2**32, "an integer in [0, 4294967295]"),
     ("train.threads", -1, "an integer in [0, 1024]"),
     ("train.device", "tpu", "one of auto, cpu, cuda"),
-    ("train.precision", "fp16", "one of fp32, tf32, bf16"),
+    ("train.precision", "fp16", "one of fp32, tf32, bf16, auto"),
     ("train.memory_format", "nhwc", "one of auto, contiguous, channels_last"),
     ("train.collapse_factor", -0.5, "a number >= 0"),
     ("train.eval_every", -1, "an integer >= 0"),

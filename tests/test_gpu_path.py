@@ -20,6 +20,7 @@ from dstcore.data.datasets import DataBundle, TensorImages, get_spec
 from dstcore.data.loaders import TrainLoader, hold_on_device, item_seed, make_loader
 from dstcore.measure import gpu_latency
 from dstcore.measure.gpu_latency import build_engines, two_four_layers, two_four_mask
+from dstcore.training import runtime
 from dstcore.training.config import RunConfig, from_dict
 from dstcore.training.runtime import check_precision, configure_runtime, memory_format
 from dstcore.workflow.checks import validate_config
@@ -42,13 +43,43 @@ def test_precision_enters_the_hash_and_the_layout_does_not():
         base, from_dict({"train": {"precision": "bf16"}}).semantic_hash())
 
 
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_cuda_only_precision_is_refused_on_the_cpu_in_one_line(precision):
+def test_precisions_the_cpu_lacks_are_refused_in_one_line(monkeypatch):
+    cpu = torch.device("cpu")
     with pytest.raises(DstError) as err:
-        check_precision(precision, torch.device("cpu"))
-    assert str(err.value) == (f"train.precision: {precision!r} needs a CUDA device "
-                              f"(train.device resolved to cpu); use fp32 on the CPU")
-    check_precision("fp32", torch.device("cpu"))
+        check_precision("tf32", cpu)
+    assert str(err.value) == ("train.precision: 'tf32' needs a CUDA device (train.device "
+                              "resolved to cpu); use fp32")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(DstError) as err:
+        check_precision("bf16", cpu)
+    assert str(err.value) == ("train.precision: 'bf16' needs a CUDA device or a CPU with native "
+                              "bfloat16 (AVX512_BF16 or AMX) (train.device resolved to cpu); "
+                              "use fp32")
+    assert runtime.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    check_precision("bf16", cpu)
+    check_precision("fp32", cpu)
+    assert runtime.resolve_precision("auto", cpu) == "bf16"
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "bf16"
+    assert runtime.resolve_precision("tf32", cpu) == "tf32"
+
+
+def test_auto_precision_is_recorded_resolved(tmp_path):
+    from dstcore.training.loop import run
+
+    cfg = from_dict({"data": {"dataset": "digits", "test_subset": 100},
+                     "train": {"epochs": 1, "batch_size": 64, "threads": 1, "device": "cpu",
+                               "precision": "auto"}, "model": {"name": "lenet5"}})
+    summary = run(cfg, "train", tmp_path / "run", final_eval=False)
+    expected = "bf16" if runtime.cpu_has_native_bf16() else "fp32"
+    assert summary["config"]["train"]["precision"] == expected
+    assert f"precision: {expected}" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_compile_enters_the_hash_only_when_on():
+    base = RunConfig().semantic_hash()
+    assert from_dict({"train": {"compile": False}}).semantic_hash() == base
+    assert from_dict({"train": {"compile": True}}).semantic_hash() != base
 
 
 def test_auto_layout_is_channels_last_on_cuda_only():
@@ -93,6 +124,22 @@ def test_pipeline_runtime_keys_reach_the_runs_only_when_set():
     assert any(s.kind is RunKind.BASELINE for s in run_specs(exp))
     with pytest.raises(DstError, match="config.precision: 'fp16' is not allowed"):
         _config(precision="fp16")
+
+
+def test_a_stage_sets_its_own_runtime_keys_over_the_top_level_ones():
+    """An experiment's fine-tune block may ask for bf16 and torch.compile (the default config's
+    ResNet-20 does); its baseline keeps the top-level values."""
+    config = _config(compile=True)
+    exp = {**config["experiments"][0]}
+    exp["finetune"] = {**exp["finetune"], "precision": "bf16", "compile": False}
+    specs = run_specs(exp)
+    base = next(s for s in specs if s.kind is RunKind.BASELINE)
+    tuned = next(s for s in specs if s.kind is not RunKind.BASELINE)
+    assert "--set train.compile=True" in run_args(base, exp, config)
+    assert "precision" not in run_args(base, exp, config)
+    assert "--set train.precision='bf16'" in run_args(tuned, exp, config)
+    assert "--set train.compile=False" in run_args(tuned, exp, config)
+    assert "--set train.compile=True" not in run_args(tuned, exp, config)
 
 
 # ----------------------------------------------------------------------------- loaders

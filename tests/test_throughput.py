@@ -61,4 +61,4 @@ def test_bench_refuses_bad_input_in_one_line(capsys):
     assert main(["bench-train", "--phases", "l7"]) == 2
     assert "--phases: l7 unknown" in capsys.readouterr().err
     with pytest.raises(DstError, match="needs a CUDA device"):
-        run_bench([], None, device="cpu", precision="bf16")
+        run_bench([], None, device="cpu", precision="tf32")

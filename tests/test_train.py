@@ -231,3 +231,48 @@ def test_curve_images_logs_a_point_per_epoch_and_changes_nothing(tmp_path, digit
     line = json.loads((full / "log.jsonl").read_text())
     assert line["curve_top1"] == line["test_top1"]
     assert line["curve_sparsity"] == pytest.approx(line["activation_sparsity"])
+
+
+def test_compiled_fine_tunes_repeat_bit_identical_and_step_as_eager(tmp_path, digits,
+                                                                    baseline):
+    """train.compile traces the penalty's hooks into the graph: one step's loss and gradients
+    equal eager's up to float order, and a rerun (the on-disk cache warm) gives the same
+    weights."""
+    from dstcore.sparsity.activations import activation_layers
+    from dstcore.sparsity.regularizers import ActivationPenalty
+
+    model, _ = load_model(baseline / "model.pt")
+    x, y = next(iter(torch.utils.data.DataLoader(digits.train, batch_size=64)))
+    penalty = ActivationPenalty(activation_layers(model, digits.input_shape), "tl1", 0.5)
+    losses, grads = [], []
+    with penalty:
+        for step_model in (model, torch.compile(model, dynamic=False)):
+            model.zero_grad()
+            loss = torch.nn.functional.cross_entropy(step_model(x), y) + 1e-2 * penalty.pop()
+            loss.backward()
+            losses.append(loss.item())
+            grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert math.isclose(losses[0], losses[1], rel_tol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    compiled = cfg(train={"epochs": 1, "batch_size": 64, "compile": True},
+                   data={"train_subset": 256}, reg={"method": "tl1", "lam": 1e-2, "beta": 0.5})
+    for name in ("c1", "c2"):
+        run(compiled, "finetune", tmp_path / name, init=baseline / "model.pt")
+    a, b = state(tmp_path / "c1" / "model.pt"), state(tmp_path / "c2" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert compiled.semantic_hash() != cfg(**{k: v for k, v in (
+        ("train", {"epochs": 1, "batch_size": 64}), ("data", {"train_subset": 256}),
+        ("reg", {"method": "tl1", "lam": 1e-2, "beta": 0.5}))}).semantic_hash()
+
+
+@pytest.mark.skipif(not __import__("dstcore.training.runtime", fromlist=["x"])
+                    .cpu_has_native_bf16(), reason="needs a CPU with native bfloat16")
+def test_bf16_on_the_cpu_trains_close_to_fp32(tmp_path, digits, baseline):
+    tuned = {"reg": {"method": "tl1", "lam": 1e-2, "beta": 1.0}}
+    fp32 = run(cfg(train={"epochs": 1}, **tuned), "finetune", tmp_path / "fp32",
+               init=baseline / "model.pt", bundle=digits)["final"]
+    bf16 = run(cfg(train={"epochs": 1, "precision": "bf16"}, **tuned), "finetune",
+               tmp_path / "bf16", init=baseline / "model.pt", bundle=digits)["final"]
+    assert bf16["train_reg"] > 0
+    assert abs(bf16["test_top1"] - fp32["test_top1"]) <= 0.03
+    assert abs(bf16["activation_sparsity"] - fp32["activation_sparsity"]) <= 0.03

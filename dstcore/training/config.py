@@ -32,7 +32,7 @@ OPTIMIZERS = ("sgd", "adam")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "tf32", "bf16")  # fp32: IEEE float32; tf32 and bf16 are CUDA-only
+PRECISIONS = ("fp32", "tf32", "bf16", "auto")  # fp32: IEEE float32; auto: bf16 where native
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")  # auto: channels_last on CUDA only
 MAX_SEED = 2**32 - 1  # what NumPy/scikit-learn accept; epoch seeds (seed * 1e6 + epoch) fit torch's
 MAX_THREADS = 1024  # threads and DataLoader workers; torch stores thread counts as int32
@@ -128,11 +128,17 @@ class TrainConfig:
     device: str = param("auto", "where to train (auto: cuda when available)", choices=DEVICES)
     deterministic: bool = param(True, "deterministic algorithms: torch's, cuDNN's (benchmark "
                                       "off) and cuBLAS's workspace; false lets cuDNN autotune")
-    precision: str = param("fp32", "arithmetic: fp32 (IEEE), tf32 (TF32 matmuls and convs) or "
-                                   "bf16 (autocast); tf32 and bf16 need CUDA", choices=PRECISIONS)
+    precision: str = param("fp32", "arithmetic: fp32 (IEEE), tf32 (TF32 matmuls and convs, "
+                                   "CUDA), bf16 (autocast; CUDA or a CPU with native bfloat16) "
+                                   "or auto (bf16 where the device has native bfloat16, else "
+                                   "fp32; the run records which)", choices=PRECISIONS)
     memory_format: str = param("auto", "tensor layout of the model and its inputs: auto "
                                        "(channels_last on CUDA, contiguous on the CPU), "
                                        "contiguous or channels_last", choices=MEMORY_FORMATS)
+    compile: bool = param(False, "train under torch.compile (inductor): the forward pass, the "
+                                 "activation penalties' hooks and the backward pass fused; "
+                                 "compiled once per process, cached on disk for the next; "
+                                 "changes float order, so part of a run's identity when true")
     collapse_factor: float = param(1.5, "a fine-tune whose accuracy falls to <= this x chance "
                                         "diverged", ge=0)
     eval_every: int = param(1, "evaluate the test set every k epochs and after the last "
@@ -208,6 +214,8 @@ class RunConfig:
             d[section].pop(key)
         if d["train"]["precision"] == "fp32":
             d["train"].pop("precision")  # the hash of runs from before the key existed
+        if not d["train"]["compile"]:
+            d["train"].pop("compile")  # the hash of runs from before the key existed
         if not d["prune"]["exclude"]:
             d["prune"].pop("exclude")  # the hash of runs from before the key existed
         if d["fatrelu"] == asdict(FatreluConfig()):

@@ -141,7 +141,7 @@ def train_epoch(s: Session, stage: Stage, epoch: int) -> tuple[EpochStats, dict]
     terms = stage.loss_terms(s)
     t0 = time.perf_counter()
     with terms.penalty if terms.penalty is not None else contextlib.nullcontext():
-        stats = train_one_epoch(s.model, s.loader.epoch(seed), s.optimizer, s.device,
+        stats = train_one_epoch(s.train_model, s.loader.epoch(seed), s.optimizer, s.device,
                                 terms.penalty, terms.lam, terms.weight_l1, f"epoch {epoch + 1}",
                                 terms.l1_exclude, s.cfg.train.precision,
                                 memory_format(s.cfg.train.memory_format, s.device))

@@ -25,11 +25,31 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), so that oneDNN's
+    bf16 convolutions are fast; elsewhere they are emulated and slower than float32."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on CUDA or a CPU with native bfloat16, else fp32; others unchanged."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
+
+
 def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse, in one line, an arithmetic the device does not have (tf32 and bf16 are CUDA's)."""
-    if precision != "fp32" and device.type != "cuda":
-        raise DstError(f"train.precision: {precision!r} needs a CUDA device (train.device "
-                       f"resolved to {device.type}); use fp32 on the CPU")
+    """Refuse, in one line, an arithmetic the device does not have: tf32 is CUDA's; bf16 needs
+    CUDA or a CPU with native bfloat16 (:func:`cpu_has_native_bf16`)."""
+    if precision == "fp32" or device.type == "cuda":
+        return
+    if precision == "bf16" and cpu_has_native_bf16():
+        return
+    needs = "a CUDA device" if precision == "tf32" else \
+        "a CUDA device or a CPU with native bfloat16 (AVX512_BF16 or AMX)"
+    raise DstError(f"train.precision: {precision!r} needs {needs} (train.device resolved to "
+                   f"{device.type}); use fp32")
 
 
 def configure_runtime(threads: int, deterministic: bool, device: torch.device | None = None,
@@ -70,8 +90,8 @@ def set_tf32(on: bool) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of ``precision`` on ``device`` (bf16: CUDA autocast to bfloat16;
-    a no-op context otherwise)."""
+    """The autocast context of ``precision`` on ``device`` (bf16: autocast to bfloat16 on CUDA
+    or the CPU; a no-op context otherwise)."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

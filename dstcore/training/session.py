@@ -9,7 +9,7 @@ unless disabled, ``metrics.json``.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from dstcore.training.runtime import (
     make_optimizer,
     memory_format,
     resolve_device,
+    resolve_precision,
     say,
 )
 from dstcore.training.stages import STAGES, Stage, schedule, stage_at
@@ -63,6 +64,17 @@ class Session:
     start: int = 0
     elapsed_before: float = 0.0
     final: dict | None = None  # full metrics of the last epoch, when they were computed
+    _compiled: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def train_model(self) -> nn.Module:
+        """What the training steps call: the model under ``torch.compile`` when
+        ``train.compile`` (wrapped once per session; evaluation calls :attr:`model`, eager)."""
+        if not self.cfg.train.compile:
+            return self.model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=False)  # a graph per batch shape
+        return self._compiled
 
     @property
     def plan(self) -> list[tuple[Stage, int]]:
@@ -108,6 +120,7 @@ def check_run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path 
                        f"another output directory")
     parent = load_parent(init, cfg, stage)
     device = resolve_device(cfg.train.device)
+    cfg.train.precision = resolve_precision(cfg.train.precision, device)  # recorded resolved
     check_precision(cfg.train.precision, device)
     configure_runtime(cfg.train.threads, cfg.train.deterministic, device, cfg.train.precision)
     return out_dir, init, parent, device

@@ -46,6 +46,7 @@ from dstcore.training.runtime import (
     make_optimizer,
     memory_format,
     resolve_device,
+    resolve_precision,
 )
 
 DATA_MODES = ("resident", "loader")
@@ -211,10 +212,12 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
     if data not in DATA_MODES:
         raise DstError(f"--data: {data!r} is not allowed; expected one of "
                        f"{', '.join(DATA_MODES)}")
+    validate(from_dict({"train": {"device": device, "precision": precision}}))
+    where = resolve_device(device)
+    precision = resolve_precision(precision, where)
     cfg = validate(from_dict({"train": {"device": device, "precision": precision,
                                         "memory_format": layout, "threads": threads,
                                         "deterministic": deterministic}}))
-    where = resolve_device(device)
     check_precision(precision, where)
     configure_runtime(threads, deterministic, where, precision)
     rows = []

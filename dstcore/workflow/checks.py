@@ -62,7 +62,8 @@ def schema_error_line(error) -> str:
 # section, default) come from the dataclass fields of dstcore.training.config.
 SCHEDULE_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov",
                  "weight_decay", "schedule", "milestones", "gamma", "warmup_epochs",
-                 "collapse_factor", "eval_every", "curve_images")  # train.* keys a schedule sets
+                 "collapse_factor", "eval_every", "curve_images",
+                 *RUNTIME_KEYS)  # train.* keys a schedule sets (the runtime keys: per stage)
 DATA_KEYS = ("train_subset", "test_subset", "subset_seed", "num_workers", "eval_batch_size",
              "verify")  # the data.* keys an experiment may set
 DUAL_KEYS = ("weight_l1", "l1_epochs", "finetune_epochs", "scope", "block_out")  # prune.*

@@ -125,16 +125,19 @@ def data_args(exp: dict, config: dict) -> str:
     return _sets("data", {k: ("null" if v is None else v) for k, v in data.items()})
 
 
-# The top-level train.* keys every run takes from the pipeline config (beside device); a run's
-# command line names them only where they differ from dst's defaults.
-RUNTIME_KEYS = ("precision", "memory_format", "deterministic")
+# The top-level train.* keys every run takes from the pipeline config (beside device), unless
+# its stage's schedule sets them; a run's command line names them only where they differ from
+# dst's defaults.
+RUNTIME_KEYS = ("precision", "memory_format", "deterministic", "compile")
 
 
 def _schedule_args(spec: RunSpec, exp: dict, config: dict) -> str:
     section = "baseline" if spec.kind is RunKind.BASELINE else "finetune"
-    train = {**exp.get(section, {}), "seed": spec.seed, "device": config["device"]}
+    schedule = exp.get(section, {})
+    train = {**schedule, "seed": spec.seed, "device": config["device"]}
     for key in RUNTIME_KEYS:  # only where they differ: the commands of runs made before stay
-        if key in config and config[key] != field_default(config_field("train", key)):
+        if key in config and key not in schedule \
+                and config[key] != field_default(config_field("train", key)):
             train[key] = config[key]
     return f"{data_args(exp, config)} --set model.name={exp['model']} {_sets('train', train)}"
 

@@ -27,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512_BF16 or AMX), so that oneDNN's
-    bf16 convolutions are fast; elsewhere they are emulated and slower than float32."""
+    bf16 convolutions are fast (elsewhere oneDNN emulates them or has none)."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 

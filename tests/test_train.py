@@ -13,6 +13,7 @@ from dstcore.data.datasets import load_dataset
 from dstcore.models.checkpoint import load_model, read_model
 from dstcore.training.config import from_dict
 from dstcore.training.loop import run
+from dstcore.training.runtime import cpu_has_native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -254,19 +255,17 @@ def test_compiled_fine_tunes_repeat_bit_identical_and_step_as_eager(tmp_path, di
             grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert math.isclose(losses[0], losses[1], rel_tol=1e-5)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
-    compiled = cfg(train={"epochs": 1, "batch_size": 64, "compile": True},
-                   data={"train_subset": 256}, reg={"method": "tl1", "lam": 1e-2, "beta": 0.5})
+    tuned = {"data": {"train_subset": 256}, "reg": {"method": "tl1", "lam": 1e-2, "beta": 0.5}}
+    compiled = cfg(train={"epochs": 1, "batch_size": 64, "compile": True}, **tuned)
     for name in ("c1", "c2"):
         run(compiled, "finetune", tmp_path / name, init=baseline / "model.pt")
     a, b = state(tmp_path / "c1" / "model.pt"), state(tmp_path / "c2" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert compiled.semantic_hash() != cfg(**{k: v for k, v in (
-        ("train", {"epochs": 1, "batch_size": 64}), ("data", {"train_subset": 256}),
-        ("reg", {"method": "tl1", "lam": 1e-2, "beta": 0.5}))}).semantic_hash()
+    assert compiled.semantic_hash() != cfg(train={"epochs": 1, "batch_size": 64},
+                                           **tuned).semantic_hash()
 
 
-@pytest.mark.skipif(not __import__("dstcore.training.runtime", fromlist=["x"])
-                    .cpu_has_native_bf16(), reason="needs a CPU with native bfloat16")
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="needs a CPU with native bfloat16")
 def test_bf16_on_the_cpu_trains_close_to_fp32(tmp_path, digits, baseline):
     tuned = {"reg": {"method": "tl1", "lam": 1e-2, "beta": 1.0}}
     fp32 = run(cfg(train={"epochs": 1}, **tuned), "finetune", tmp_path / "fp32",

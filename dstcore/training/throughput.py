@@ -212,12 +212,11 @@ def run_bench(cells: Sequence[BenchCell], out_csv: str | Path | None, *, device:
     if data not in DATA_MODES:
         raise DstError(f"--data: {data!r} is not allowed; expected one of "
                        f"{', '.join(DATA_MODES)}")
-    validate(from_dict({"train": {"device": device, "precision": precision}}))
-    where = resolve_device(device)
-    precision = resolve_precision(precision, where)
     cfg = validate(from_dict({"train": {"device": device, "precision": precision,
                                         "memory_format": layout, "threads": threads,
                                         "deterministic": deterministic}}))
+    where = resolve_device(device)
+    cfg.train.precision = precision = resolve_precision(precision, where)  # as a run records it
     check_precision(precision, where)
     configure_runtime(threads, deterministic, where, precision)
     rows = []

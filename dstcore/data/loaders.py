@@ -164,7 +164,8 @@ def held_out_slice(bundle: DataBundle, size: int, seed: int) -> tuple[Tensor, Te
     itself; class-stratified with ``seed``; image datasets read with their test transforms."""
     import copy
 
-    from dstcore.data.datasets import image_transforms, stratified_subset
+    from dstcore.data.datasets import image_transforms
+    from dstcore.data.subsets import stratified_subset
 
     train = bundle.train
     base = train.dataset if isinstance(train, Subset) else train
@@ -178,7 +179,7 @@ def held_out_slice(bundle: DataBundle, size: int, seed: int) -> tuple[Tensor, Te
         base.transform = image_transforms(bundle.spec, train=False)
     pool = Subset(base, indices)
     pool.targets = [base.targets[i] for i in indices]
-    chosen = stratified_subset(pool, size, seed, "search slice")
+    chosen = stratified_subset(pool, size, seed, "search slice", bundle.subset_cache)
     if isinstance(chosen, Subset) and chosen is not pool:  # one level: in-memory batches
         chosen = Subset(base, [indices[i] for i in chosen.indices])
     batches = list(make_loader(chosen, 500, shuffle=False))

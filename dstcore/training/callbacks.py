@@ -105,9 +105,10 @@ def evaluate_epoch(s: Session, epoch: int, final_eval: bool) -> dict:
 def curve_loader(s: Session) -> list:
     """The batches of the learning-curve slice: ``train.curve_images`` test images, class-
     stratified with seed 0 (the same images for every run of a dataset and test subset)."""
-    from dstcore.data.datasets import stratified_subset
+    from dstcore.data.subsets import stratified_subset
 
-    chosen = stratified_subset(s.bundle.test, s.cfg.train.curve_images, 0, "curve slice")
+    chosen = stratified_subset(s.bundle.test, s.cfg.train.curve_images, 0, "curve slice",
+                               s.bundle.subset_cache)
     return list(make_loader(chosen, s.cfg.data.eval_batch_size, shuffle=False))
 
 

@@ -103,6 +103,17 @@ def choice_specs(exp: dict) -> list[RunSpec]:
                   if s.method in (NO_METHOD, PROPOSED)]
 
 
+def feeds_stage3(spec: RunSpec, exp: dict) -> bool:
+    """Whether stage 3 of ``exp`` waits on ``spec``: a run its TL1 choice reads, or a dual
+    stage. The workflow schedules these first (rule priority), so that the chain ending in
+    stage 3, the longest of an experiment, does not run last with the other cores idle."""
+    if not exp.get("dual"):
+        return False
+    if spec.kind in (RunKind.PRUNED, RunKind.DUAL_CONTROL, RunKind.DUAL):
+        return True
+    return spec in choice_specs(exp)
+
+
 # ---------------------------------------------------------------- command lines
 
 

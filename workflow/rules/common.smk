@@ -12,7 +12,7 @@ from dstcore import DstError
 from dstcore.core.runs import PATH_TEMPLATES, RunKind, RunSpec, rule_output
 from dstcore.sparsity.regularizers import REGISTRY
 from dstcore.workflow.checks import validate_config
-from dstcore.workflow.grid import choice_specs, run_args, run_specs, stage3_specs
+from dstcore.workflow.grid import choice_specs, feeds_stage3, run_args, run_specs, stage3_specs
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -187,6 +187,16 @@ def spec_args(kind):
         return run_args(spec, EXPERIMENTS[spec.experiment], config)
 
     return args
+
+
+def run_priority(kind):
+    """Rule priority of the runs of ``kind``: 1 for the runs stage 3 waits on, else 0
+    (dstcore.workflow.grid.feeds_stage3)."""
+    def priority(wildcards):
+        spec = spec_of(kind, wildcards)
+        return int(feeds_stage3(spec, EXPERIMENTS[spec.experiment]))
+
+    return priority
 
 
 def dual_choice_params(wildcards):

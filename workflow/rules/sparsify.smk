@@ -23,6 +23,7 @@ rule prune_weights:
     params:
         args=spec_args(RunKind.PRUNED),
     threads: config["threads_per_job"]
+    priority: run_priority(RunKind.PRUNED)
     resources:
         mem_mb=resources_of("mem_mb", 4000),
         runtime=resources_of("runtime", 60),
@@ -72,6 +73,7 @@ rule dual_control:
     params:
         args=spec_args(RunKind.DUAL_CONTROL),
     threads: config["threads_per_job"]
+    priority: run_priority(RunKind.DUAL_CONTROL)
     resources:
         mem_mb=resources_of("mem_mb", 4000),
         runtime=resources_of("runtime", 60),
@@ -99,6 +101,7 @@ rule dual_tl1:
     params:
         args=spec_args(RunKind.DUAL),
     threads: config["threads_per_job"]
+    priority: run_priority(RunKind.DUAL)
     resources:
         mem_mb=resources_of("mem_mb", 4000),
         runtime=resources_of("runtime", 60),

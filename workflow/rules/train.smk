@@ -20,6 +20,7 @@ rule train_baseline:
     params:
         args=spec_args(RunKind.BASELINE),
     threads: config["threads_per_job"]
+    priority: run_priority(RunKind.BASELINE)
     resources:
         mem_mb=resources_of("mem_mb", 4000),
         runtime=resources_of("runtime", 60),
@@ -46,6 +47,7 @@ rule finetune_actreg:
     params:
         args=spec_args(RunKind.ACTREG),
     threads: config["threads_per_job"]
+    priority: run_priority(RunKind.ACTREG)
     resources:
         mem_mb=resources_of("mem_mb", 4000),
         runtime=resources_of("runtime", 60),

@@ -173,9 +173,14 @@ def t_power(effect: float, n: int, alpha: float = 1 - CONFIDENCE) -> float:
     noncentral t, n - 1 degrees of freedom, noncentrality effect·√n."""
     if n < 2:
         return 0.0
-    df, nc = n - 1, effect * math.sqrt(n)
+    df, nc = n - 1, abs(effect) * math.sqrt(n)
     crit = scipy_stats.t.ppf(1 - alpha / 2, df)
-    return float(scipy_stats.nct.sf(crit, df, nc) + scipy_stats.nct.cdf(-crit, df, nc))
+    upper = float(scipy_stats.nct.sf(crit, df, nc))
+    if not math.isfinite(upper):  # scipy's nct returns nan where a tail underflows
+        upper = 1.0 - float(scipy_stats.nct.cdf(crit, df, nc))
+        upper = upper if math.isfinite(upper) else float(nc > crit)
+    lower = float(scipy_stats.nct.cdf(-crit, df, nc))  # below alpha / 2 for nc >= 0
+    return min(1.0, upper + (lower if math.isfinite(lower) else 0.0))
 
 
 def seeds_needed(interval: Interval, power: float = 0.8, confidence: float = CONFIDENCE,

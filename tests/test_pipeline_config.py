@@ -139,16 +139,34 @@ def test_tl1_grids_expand_per_beta():
 
 
 def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
-    from dstcore.workflow.grid import regularizer_sweeps
+    from dstcore.workflow.grid import regularizer_sweeps, selected_experiments
 
     config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()), SCHEMA)
-    for exp in config["experiments"]:
+    for exp in selected_experiments(config).values():
         assert len(exp["seeds"]) >= 3, exp["name"]
         betas = [b for m, b, _ in regularizer_sweeps(exp) if m == "tl1"]
         assert len(betas) >= 3 and max(betas) / min(betas) >= 100, exp["name"]
         assert exp["dual"]["tl1_beta"] == "auto"
     smoke_seeds = [len(e["seeds"]) for e in smoke()["experiments"]]
     assert min(smoke_seeds) == 2
+
+
+def test_groups_choose_the_experiments_that_run():
+    from dstcore.workflow.grid import selected_experiments
+
+    default = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    families = {**copy.deepcopy(default), **yaml.safe_load((ROOT / "config/families.yaml").read_text())}
+    assert list(selected_experiments(validate_config(default, SCHEMA))) == [
+        "lenet5_mnist", "resnet20_fashion"]
+    chosen = selected_experiments(validate_config(families, SCHEMA))
+    assert [e["model"] for e in chosen.values()] == [
+        "lenet5", "resnet20", "inception_small", "densenet_small", "resnet29_bottleneck"]
+    assert all(len(e["seeds"]) >= 3 and e["fatrelu"] for e in chosen.values())
+    assert list(selected_experiments(validate_config(smoke(), SCHEMA))) == [
+        e["name"] for e in smoke()["experiments"]]  # no group: the default group
+    with pytest.raises(DstError, match=r"config.groups: 'famlies' is no experiment's group "
+                                       r"\(theirs: default, families\)"):
+        validate_config({**default, "groups": ["default", "famlies"]}, SCHEMA)
 
 
 def test_runs_stage3_waits_on_are_the_ones_scheduled_first():

@@ -21,6 +21,12 @@ from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
 from dstcore.training.config import config_field, field_default
 
 
+def selected_experiments(config: dict) -> dict[str, dict]:
+    """The validated config's experiments that run, by name: those whose ``group`` is in the
+    top-level ``groups`` (config/families.yaml adds the CPU-scale families)."""
+    return {e["name"]: e for e in config["experiments"] if e["group"] in config["groups"]}
+
+
 def shape_sweeps(spec: dict) -> list[tuple[float, list[float]]]:
     """(β, λ values) of each sweep of a shape-parameter method's block (``regularizers.tl1``):
     its ``sweeps`` entries (one λ grid per β), or every β of ``betas`` (default [1.0]) with the

@@ -12,7 +12,14 @@ from dstcore import DstError
 from dstcore.core.runs import PATH_TEMPLATES, RunKind, RunSpec, rule_output
 from dstcore.sparsity.regularizers import REGISTRY
 from dstcore.workflow.checks import validate_config
-from dstcore.workflow.grid import choice_specs, feeds_stage3, run_args, run_specs, stage3_specs
+from dstcore.workflow.grid import (
+    choice_specs,
+    feeds_stage3,
+    run_args,
+    run_specs,
+    selected_experiments,
+    stage3_specs,
+)
 
 try:
     validate_config(config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml")
@@ -47,7 +54,7 @@ def config_files_in_merge_order():
 
 
 RESULTS = config["results_dir"]
-EXPERIMENTS = {e["name"]: e for e in config["experiments"]}
+EXPERIMENTS = selected_experiments(config)
 NUMBER = r"[0-9][0-9.e+-]*"
 
 

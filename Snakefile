@@ -18,9 +18,15 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    # Every run is a target of its own, not only an input of the tables: Snakemake 9 does not
+    # look for missing inputs behind an existing output whose DAG passes a checkpoint (stage 3's
+    # TL1 choice; snakemake issues 3870, 3879), so an added experiment or a deleted run would
+    # otherwise print "Nothing to be done".
     default_target: True
     input:
         all_targets(),
+        known_metrics,
+        **stage3_metrics(),
 
 
 rule latency:

@@ -1,6 +1,7 @@
 # dstcore: dual sparse training reproduction pipeline.
-#   snakemake --cores 8 all                                # default config (CPU, < 45 min)
-#   snakemake --cores 8 --configfile config/paper.yaml all # the paper's grid (GPUs)
+#   snakemake --cores 8 all                                   # default config (CPU; README, "Measured")
+#   snakemake --cores 8 --configfile config/families.yaml all # and three more architectures
+#   snakemake --cores 8 --configfile config/paper.yaml all    # the paper's grid (GPUs)
 from snakemake.utils import min_version
 
 min_version("9.0")

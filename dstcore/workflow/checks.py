@@ -131,10 +131,11 @@ def check_experiments(config: dict) -> None:
     if duplicates:
         raise DstError(f"config.experiments: duplicate experiment name(s) {', '.join(duplicates)}; "
                        f"names must be unique")
-    unknown = [g for g in config["groups"] if g not in {e["group"] for e in config["experiments"]}]
+    known = sorted({e["group"] for e in config["experiments"]})
+    unknown = [g for g in config["groups"] if g not in known]
     if unknown:
         raise DstError(f"config.groups: {', '.join(map(repr, unknown))} is no experiment's group "
-                       f"(theirs: {', '.join(sorted({e['group'] for e in config['experiments']}))})")
+                       f"(theirs: {', '.join(known)})")
     root = config.get("data_root")
     if root and not Path(os.path.expanduser(root)).is_dir():
         raise DstError(f"config.data_root: {root!r} is not an existing directory")

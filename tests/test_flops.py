@@ -60,6 +60,31 @@ def test_conv_counts_match_brute_force(case):
     assert 0 < eff < dense
 
 
+def test_mac_counter_over_batches_equals_brute_force_per_batch():
+    # the counter sums each layer's non-zero maps over batches and counts once at the end
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(**CASES[3], bias=False), nn.ReLU(),
+                          nn.Conv2d(6, 3, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(3 * 4 * 5, 5))
+    with torch.no_grad():
+        for m in (model[0], model[5]):
+            m.weight[torch.rand_like(m.weight) < 0.4] = 0
+    batches = [torch.relu(torch.randn(n, 4, 7, 6)) for n in (2, 3, 1)]
+    counter = MacCounter(model)
+    with counter.observing(), torch.no_grad():
+        for x in batches:
+            model(x)
+    expected = {"0": 0, "2": 0, "5": 0}
+    with torch.no_grad():
+        for x in batches:
+            expected["0"] += brute_force_conv(x, model[0])[1]
+            hidden = model[1](model[0](x))
+            expected["2"] += effective_macs(model[2], hidden)  # reflect: batch by batch
+            expected["5"] += effective_macs(model[5], model[4](model[3](model[2](hidden))))
+    assert counter.nonzero == expected
+    assert all(v > 0 for v in expected.values())
+
+
 def test_conv_with_reflect_padding_counts_padded_copies():
     torch.manual_seed(2)
     conv = nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect", bias=False)

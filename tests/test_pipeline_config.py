@@ -138,15 +138,19 @@ def test_tl1_grids_expand_per_beta():
     assert regularizer_sweeps({"regularizers": {"tl1": {"lams": [1.0]}}}) == [("tl1", 1.0, [1.0])]
 
 
-def test_default_config_runs_three_seeds_and_three_betas_over_two_decades():
+def test_default_config_runs_three_seeds_and_betas_a_decade_apart():
     from dstcore.workflow.grid import regularizer_sweeps, selected_experiments
 
     config = validate_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()), SCHEMA)
     for exp in selected_experiments(config).values():
         assert len(exp["seeds"]) >= 3, exp["name"]
         betas = [b for m, b, _ in regularizer_sweeps(exp) if m == "tl1"]
-        assert len(betas) >= 3 and max(betas) / min(betas) >= 100, exp["name"]
+        assert len(betas) >= 2 and max(betas) / min(betas) >= 10, exp["name"]
         assert exp["dual"]["tl1_beta"] == "auto"
+    paper = validate_config(yaml.safe_load((ROOT / "config/paper.yaml").read_text()), SCHEMA)
+    for exp in selected_experiments(paper).values():  # the paper config keeps two decades
+        betas = [b for m, b, _ in regularizer_sweeps(exp) if m == "tl1"]
+        assert len(betas) >= 3 and max(betas) / min(betas) >= 100, exp["name"]
     smoke_seeds = [len(e["seeds"]) for e in smoke()["experiments"]]
     assert min(smoke_seeds) == 2
 
@@ -186,6 +190,27 @@ def test_runs_stage3_waits_on_are_the_ones_scheduled_first():
                                         RunKind.PRUNED, RunKind.DUAL_CONTROL}
     assert {m for _, m, _ in later} == {"l1", "fatrelu"}
     assert not any(feeds_stage3(s, {**exp, "dual": None}) for s in run_specs(exp))
+
+
+def test_dual_seeds_choose_the_seeds_of_the_dual_stages():
+    from dstcore.core.runs import RunKind
+    from dstcore.workflow.grid import run_specs, stage3_specs
+
+    exp = {"name": "e", "seeds": [0, 1, 2], "finetune": {},
+           "dual": {"prune_rates": [0.5], "structures": ["element", "block"], "seeds": [0, 2]}}
+    dual_kinds = (RunKind.PRUNED, RunKind.DUAL_CONTROL)
+    assert sorted(s.seed for s in run_specs(exp) if s.kind in dual_kinds) == [0, 0, 0, 0,
+                                                                              2, 2, 2, 2]
+    assert [s.seed for s in run_specs(exp) if s.kind is RunKind.BASELINE] == [0, 1, 2]
+    stage3 = stage3_specs(exp, {"beta": 1.0, "lams": [1e-3]})
+    assert sorted(s.seed for s in stage3) == [0, 0, 2, 2]  # two structures
+    full = {**exp, "dual": {**exp["dual"], "seeds": None}}
+    assert len(stage3_specs(full, {"beta": 1.0, "lams": [1e-3]})) == 6
+    validate_config(edit("experiments.0.dual.seeds", [0]), SCHEMA)
+    for seeds in ([1], [0, 7]):  # the first seed (the latency table's) must be among them
+        with pytest.raises(DstError, match=r"experiments\[0\].dual.seeds: .* must be some of "
+                                           r"the experiment's seeds \[0, 1\], its first"):
+            validate_config(edit("experiments.0.dual.seeds", seeds), SCHEMA)
 
 
 def test_data_root_must_exist(tmp_path):

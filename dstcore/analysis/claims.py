@@ -39,7 +39,7 @@ from dstcore.analysis.stats import (
     t_interval,
     t_test_p,
 )
-from dstcore.analysis.tables import best_dual
+from dstcore.analysis.tables import best_dual, on_dual_seeds
 from dstcore.core.runs import ELEMENT, RunKind, structure_family
 from dstcore.sparsity.regularizers import PROPOSED, method_label
 
@@ -239,8 +239,8 @@ def _mac_claims(runs: pd.DataFrame, models: pd.DataFrame, drop: float) -> list[d
 def _mac_claim(runs: pd.DataFrame, experiment: str, drop: float, value: float) -> dict:
     """The unstructured dual sparse configuration with the largest mean reduction of
     multiplications whose mean top-1 is within ``drop`` of the baseline's (:func:`best_dual`),
-    with its interval over seeds."""
-    s = seed_summary(runs[runs.experiment == experiment])
+    with its interval over the seeds that ran the dual stages."""
+    s = seed_summary(on_dual_seeds(runs[runs.experiment == experiment]))
     base = s[s.kind == RunKind.BASELINE].top1_mean.iloc[0]
     best, within = best_dual(s[(s.kind == RunKind.DUAL) & (structure_family(s) == ELEMENT)],
                              base, drop)

@@ -130,11 +130,20 @@ def _gain(name: str, values: dict[int, float], reference: dict[int, float]) -> d
 # ------------------------------------------------------------------------------ dual sparse
 
 
+def on_dual_seeds(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the (experiment, seed) pairs that ran the dual sparse stages (``dual.seeds``
+    may be fewer than the experiment's), so that every dual sparse row is compared with the
+    baseline of the same seeds."""
+    dual = runs.kind.isin([RunKind.PRUNED, RunKind.DUAL_CONTROL, RunKind.DUAL])
+    seeds = runs.loc[dual, ["experiment", "seed"]].drop_duplicates()
+    return runs.merge(seeds, on=["experiment", "seed"])
+
+
 def dual_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Dual sparse results: the baseline, then per pruning structure (unstructured ``element``
     first, then ``block16``) stage 2 and every stage 3 run, with multiplications (means over
-    seeds with 95% t intervals)."""
-    summary = seed_summary(runs)
+    the seeds that ran the dual stages, with 95% t intervals)."""
+    summary = seed_summary(on_dual_seeds(runs))
     order = {RunKind.BASELINE: 0, RunKind.PRUNED: 1, RunKind.DUAL_CONTROL: 2, RunKind.DUAL: 3}
     keep = summary[summary.kind.isin(list(order))]
     keep = keep[keep.experiment.isin(summary[summary.kind == RunKind.PRUNED].experiment)]
@@ -170,9 +179,9 @@ def dual_structure_table(runs: pd.DataFrame, tolerance_pp: float) -> pd.DataFram
     experiment and pruning structure, the dual sparse TL1 configuration chosen by
     :func:`best_dual` at ``tolerance_pp``, its accuracy, activation and weight sparsity and
     reduction of multiplications (means over seeds with 95% t intervals), and its stage 2
-    model's accuracy and weight sparsity."""
+    model's accuracy and weight sparsity (over the seeds that ran the dual stages)."""
     rows = []
-    summary = seed_summary(runs)
+    summary = seed_summary(on_dual_seeds(runs))
     summary = summary.assign(_s=structure_family(summary).map(STRUCTURE_ORDER))
     for exp, s in summary.groupby("experiment", sort=True):
         base, dual = s[s.kind == RunKind.BASELINE], s[s.kind == RunKind.DUAL]

@@ -94,13 +94,17 @@ class MacCounter:
 
     With ``effective`` it also counts each layer's non-zero inputs (``input_nonzero`` of
     ``input_elements``), from the same pass over the input, so callers need not count again.
+    The effective count is linear in each layer's :func:`nonzero_map`, so the maps are summed
+    over batches (int64) and turned into counts once, by :meth:`summary` (the weights must not
+    change while observing; a Conv2d whose padding is not zeros is counted batch by batch).
     """
 
     def __init__(self, model: nn.Module, effective: bool = True) -> None:
         self.layers = weighted_layers(model)
         self.effective = effective
         self.dense = {n: 0 for n, _ in self.layers}
-        self.nonzero = {n: 0 for n, _ in self.layers}
+        self._counted = {n: 0 for n, _ in self.layers}
+        self._maps: dict[str, tuple[nn.Module, Tensor, int]] = {}
         self.input_nonzero = {n: 0 for n, _ in self.layers}
         self.input_elements = {n: 0 for n, _ in self.layers}
         self.images = 0
@@ -111,7 +115,22 @@ class MacCounter:
             nonzero = nonzero_map(x)
             self.input_nonzero[name] += int(nonzero.sum())
             self.input_elements[name] += x.numel()
-            self.nonzero[name] += effective_macs(module, x, nonzero)
+            if getattr(module, "padding_mode", "zeros") != "zeros":
+                self._counted[name] += effective_macs(module, x, nonzero)
+            elif name in self._maps:
+                _, total, n = self._maps[name]
+                self._maps[name] = (module, total.add_(nonzero), n + x.shape[0])
+            else:
+                self._maps[name] = (module, nonzero.to(torch.int64), x.shape[0])
+
+    @property
+    def nonzero(self) -> dict[str, int]:
+        """Effective MACs per layer summed over the batches seen."""
+        out = dict(self._counted)
+        for name, (module, total, n) in self._maps.items():
+            shape = (n, *total.shape) if isinstance(module, nn.Conv2d) else total.shape
+            out[name] += effective_macs(module, torch.empty(shape, device="meta"), total)
+        return out
 
     @contextmanager
     def observing(self) -> Iterator[MacCounter]:
@@ -130,8 +149,9 @@ class MacCounter:
     def summary(self) -> dict:
         """Per-image dense and effective MACs per layer and in total, with the reduction in %."""
         n = max(self.images, 1)
+        effective = self.nonzero
         layers = {name: {"dense": self.dense[name] / n,
-                         "effective": self.nonzero[name] / n if self.effective else None}
+                         "effective": effective[name] / n if self.effective else None}
                   for name, _ in self.layers}
         dense = sum(v["dense"] for v in layers.values())
         out = {"dense": dense, "layers": layers}

@@ -27,7 +27,13 @@ from dstcore.analysis.frontier import (  # noqa: E402
     summarise,
     sweep_keys,
 )
-from dstcore.analysis.tables import STRUCTURE_ORDER, activation_table, best_dual, has_beta  # noqa: E402
+from dstcore.analysis.tables import (  # noqa: E402
+    STRUCTURE_ORDER,
+    activation_table,
+    best_dual,
+    has_beta,
+    on_dual_seeds,
+)
 from dstcore.core.io import write_with  # noqa: E402
 from dstcore.core.runs import RunKind, method_kind, structure_family  # noqa: E402
 from dstcore.sparsity.regularizers import (  # noqa: E402
@@ -226,8 +232,8 @@ def dual_macs_figure(runs: pd.DataFrame, layers: pd.DataFrame, experiment: str,
                      tolerance_pp: float) -> plt.Figure:
     """Per-layer dense vs effective multiplications of the best dual sparse model of each
     pruning structure (:func:`~dstcore.analysis.tables.best_dual`: unstructured and
-    block-structured side by side)."""
-    s = seed_summary(runs[runs.experiment == experiment])
+    block-structured side by side), over the seeds that ran the dual stages."""
+    s = seed_summary(on_dual_seeds(runs[runs.experiment == experiment]))
     base, dual = s[s.kind == RunKind.BASELINE], s[s.kind == RunKind.DUAL]
     if dual.empty:
         return message_figure(f"{experiment}: no completed dual sparse run to show")

@@ -143,6 +143,11 @@ def check_experiments(config: dict) -> None:
         dual = exp.get("dual")
         if dual and dual["l1_epochs"] + dual["finetune_epochs"] < 1:  # defaults: the schema
             raise DstError(f"config.experiments[{i}].dual: needs at least one epoch")
+        chosen = (dual or {}).get("seeds") or exp["seeds"]
+        if not set(chosen) <= set(exp["seeds"]) or exp["seeds"][0] not in chosen:
+            raise DstError(f"config.experiments[{i}].dual.seeds: {chosen} must be some of the "
+                           f"experiment's seeds {exp['seeds']}, its first (the latency "
+                           f"table's) among them")
         for method, spec in exp.get("regularizers", {}).items():
             if REGISTRY[method].shape_parameter:
                 _check_shape_sweeps(spec, f"config.experiments[{i}].regularizers.{method}")

@@ -66,10 +66,15 @@ def finetune_specs(exp: dict, seed: int) -> list[RunSpec]:
                   for budget in budgets]
 
 
+def dual_seeds(exp: dict) -> list:
+    """The seeds that run the dual sparse stages: ``dual.seeds``, else all of the experiment's."""
+    return exp["dual"].get("seeds") or exp["seeds"]
+
+
 def pruned_specs(exp: dict, seed: int) -> list[RunSpec]:
     """Stage 2 and its λ = 0 control of one seed, per prune rate and pruning structure."""
     dual = exp.get("dual")
-    if not dual:
+    if not dual or seed not in dual_seeds(exp):
         return []
     out = []
     for rate in dual["prune_rates"]:

@@ -16,7 +16,7 @@ import yaml
 
 from dstcore import DstError
 from dstcore.sparsity.regularizers import PROPOSED, REGISTRY
-from dstcore.workflow.grid import RUNTIME_KEYS, shape_sweeps
+from dstcore.workflow.grid import RUNTIME_KEYS, dual_seeds, shape_sweeps
 
 
 def _key_path(path) -> str:
@@ -143,7 +143,7 @@ def check_experiments(config: dict) -> None:
         dual = exp.get("dual")
         if dual and dual["l1_epochs"] + dual["finetune_epochs"] < 1:  # defaults: the schema
             raise DstError(f"config.experiments[{i}].dual: needs at least one epoch")
-        chosen = (dual or {}).get("seeds") or exp["seeds"]
+        chosen = dual_seeds(exp) if dual else exp["seeds"]
         if not set(chosen) <= set(exp["seeds"]) or exp["seeds"][0] not in chosen:
             raise DstError(f"config.experiments[{i}].dual.seeds: {chosen} must be some of the "
                            f"experiment's seeds {exp['seeds']}, its first (the latency "

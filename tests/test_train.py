@@ -275,3 +275,21 @@ def test_bf16_on_the_cpu_trains_close_to_fp32(tmp_path, digits, baseline):
     assert bf16["train_reg"] > 0
     assert abs(bf16["test_top1"] - fp32["test_top1"]) <= 0.03
     assert abs(bf16["activation_sparsity"] - fp32["activation_sparsity"]) <= 0.03
+
+
+def test_deterministic_flags_set_without_importing_inductor_when_nothing_compiles():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "from dstcore.training.runtime import configure_runtime\n"
+            "configure_runtime(1, True, torch.device('cpu'), compiles=False)\n"
+            "print(torch.are_deterministic_algorithms_enabled(),\n"
+            "      torch.is_deterministic_algorithms_warn_only_enabled(),\n"
+            "      'torch._inductor.config' in sys.modules)\n"
+            "configure_runtime(1, False, torch.device('cpu'), compiles=True)\n"
+            "print(torch.are_deterministic_algorithms_enabled(),\n"
+            "      'torch._inductor.config' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "True", "False", "False", "True"]

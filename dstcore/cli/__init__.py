@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise DstError("dst evaluate --checkpoint needs --out")
     model, meta = load_model(path)
     d = meta["config"]["data"]
-    configure_runtime(args.threads, True)
+    configure_runtime(args.threads, True, compiles=False)
     device = resolve_device(args.device)
     bundle = load_dataset(d["dataset"], args.data_root or d["data_root"], d["cache_dir"],
                           d["download"], d["verify"], d["train_subset"], args.test_subset or d["test_subset"],

@@ -40,6 +40,7 @@ from dstcore.training.callbacks import (
 )
 from dstcore.training.checkpointing import CHECKPOINT_FORMAT, CHECKPOINT_REJECTED
 from dstcore.training.config import RunConfig
+from dstcore.training.pooling import fast_pools
 from dstcore.training.runtime import (
     autocast,
     configure_runtime,
@@ -95,22 +96,24 @@ def train_epochs(s: Session, final_eval: bool) -> dict | None:
     bar = progress_bar(s)
     callbacks = standard_callbacks(s, final_eval, bar, t_start)
     stage, stop, last_good = None, None, copy.deepcopy(s.model.state_dict())
-    for epoch in bar:
-        if s.stage_at(epoch) is not stage:
-            stage = s.stage_at(epoch)
-            stage.begin(s)
+    eager_cpu = not s.cfg.train.compile and s.device.type == "cpu"
+    with fast_pools(s.model, enabled=eager_cpu):  # the same weights, faster (pooling.py)
+        for epoch in bar:
+            if s.stage_at(epoch) is not stage:
+                stage = s.stage_at(epoch)
+                stage.begin(s)
+                last_good = copy.deepcopy(s.model.state_dict())
+            stats, line = train_epoch(s, stage, epoch)
+            if stats.diverged_step is not None:
+                stop = {"epoch": epoch + 1, "step": stats.diverged_step, "lam": s.cfg.reg.lam,
+                        "reason": "non-finite loss", "last_finite_loss": stats.last_finite_loss}
+            else:
+                s.history.append(line)
+                stop = after_epoch(callbacks, s, epoch, stats, line)
+            if stop is not None:
+                s.model.load_state_dict(last_good)
+                break
             last_good = copy.deepcopy(s.model.state_dict())
-        stats, line = train_epoch(s, stage, epoch)
-        if stats.diverged_step is not None:
-            stop = {"epoch": epoch + 1, "step": stats.diverged_step, "lam": s.cfg.reg.lam,
-                    "reason": "non-finite loss", "last_finite_loss": stats.last_finite_loss}
-        else:
-            s.history.append(line)
-            stop = after_epoch(callbacks, s, epoch, stats, line)
-        if stop is not None:
-            s.model.load_state_dict(last_good)
-            break
-        last_good = copy.deepcopy(s.model.state_dict())
     bar.close()
     s.elapsed_before += time.perf_counter() - t_start
     return stop

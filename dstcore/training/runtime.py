@@ -53,7 +53,7 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 def configure_runtime(threads: int, deterministic: bool, device: torch.device | None = None,
-                      precision: str = "fp32") -> None:
+                      precision: str = "fp32", compiles: bool = True) -> None:
     """Set torch's thread count (0 keeps the default), deterministic algorithms and, on CUDA,
     cuDNN's autotuner and the fp32 arithmetic of matmuls and convolutions.
 
@@ -63,18 +63,31 @@ def configure_runtime(threads: int, deterministic: bool, device: torch.device | 
     before CUDA starts, so it holds for the run). Otherwise cuDNN autotunes (benchmark on).
     ``precision`` ``tf32`` lets cuBLAS and cuDNN use TF32 for float32; ``fp32`` asks for IEEE
     float32 (cuDNN's own default is TF32 convolutions); ``bf16`` is autocast (:func:`autocast`)
-    over IEEE float32.
+    over IEEE float32. ``compiles=False`` promises that this process compiles nothing (see
+    :func:`use_deterministic_algorithms`).
     """
     if threads:
         torch.set_num_threads(threads)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    use_deterministic_algorithms(deterministic, compiles)
     torch.backends.cudnn.deterministic = deterministic
     torch.backends.cudnn.benchmark = not deterministic and device is not None \
         and device.type == "cuda"
     if device is not None and device.type == "cuda":
         set_tf32(precision == "tf32")
+
+
+def use_deterministic_algorithms(mode: bool, compiles: bool = True) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=True)``. torch's function also sets
+    inductor's ``deterministic`` flag, importing inductor and Dynamo for it (1.25 s of every
+    run's start, torch 2.14 on one AVX-512 core); a process that compiles nothing
+    (``compiles=False``) sets only the flag eager ops read."""
+    if compiles or "torch._inductor.config" in sys.modules \
+            or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=True)
 
 
 def set_tf32(on: bool) -> None:

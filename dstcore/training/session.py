@@ -122,7 +122,8 @@ def check_run(cfg: RunConfig, stage: str, out_dir: str | Path, init: str | Path 
     device = resolve_device(cfg.train.device)
     cfg.train.precision = resolve_precision(cfg.train.precision, device)  # recorded resolved
     check_precision(cfg.train.precision, device)
-    configure_runtime(cfg.train.threads, cfg.train.deterministic, device, cfg.train.precision)
+    configure_runtime(cfg.train.threads, cfg.train.deterministic, device, cfg.train.precision,
+                      compiles=cfg.train.compile)
     return out_dir, init, parent, device
 
 

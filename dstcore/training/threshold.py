@@ -47,7 +47,7 @@ def threshold_run(cfg: RunConfig, out_dir: str | Path, init: str | Path, resume:
         raise DstError(f"{init} already has FATReLU thresholds; search on the model they were "
                        f"searched on")
     device = resolve_device(cfg.train.device)
-    configure_runtime(cfg.train.threads, cfg.train.deterministic, device)
+    configure_runtime(cfg.train.threads, cfg.train.deterministic, device, compiles=False)
     d = cfg.data
     bundle = load_dataset(d.dataset, d.data_root, d.cache_dir, d.download, d.verify,
                           d.train_subset, d.test_subset, d.subset_seed)

@@ -39,6 +39,7 @@ from dstcore.sparsity.pruning import prune_weights
 from dstcore.sparsity.regularizers import ActivationPenalty, regularizers
 from dstcore.training.config import RunConfig
 from dstcore.training.loop import train_one_epoch
+from dstcore.training.pooling import fast_pools
 from dstcore.training.runtime import (
     autocast,
     check_precision,
@@ -158,8 +159,9 @@ def measure_cell(cell: BenchCell, cfg: RunConfig, *, steps: int, warmup_steps: i
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0, batches.waited
 
-    warmup_s = epoch(0, warmup_steps)[0] if warmup_steps else 0.0
-    timed = [epoch(r + 1, steps) for r in range(max(rounds, 1))]
+    with fast_pools(model, enabled=not compiled and device.type == "cpu"):  # as runs train
+        warmup_s = epoch(0, warmup_steps)[0] if warmup_steps else 0.0
+        timed = [epoch(r + 1, steps) for r in range(max(rounds, 1))]
     seconds = statistics.median(t for t, _ in timed)
     waited = statistics.median(w / t for t, w in timed)
     return {"model": cell.model, "input_shape": "x".join(map(str, cell.input_shape)),

@@ -211,6 +211,8 @@ def test_dual_seeds_choose_the_seeds_of_the_dual_stages():
         with pytest.raises(DstError, match=r"experiments\[0\].dual.seeds: .* must be some of "
                                            r"the experiment's seeds \[0, 1\], its first"):
             validate_config(edit("experiments.0.dual.seeds", seeds), SCHEMA)
+    with pytest.raises(DstError, match=r"experiments\[0\].dual.seeds.*is not allowed"):
+        validate_config(edit("experiments.0.dual.seeds", ["a"]), SCHEMA)  # as train.seed says
 
 
 def test_data_root_must_exist(tmp_path):

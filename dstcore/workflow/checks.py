@@ -99,6 +99,7 @@ def filled_schema(schema: str | Path) -> dict:
     dual = props["dual"]["properties"]
     dual.update({k: {**field_schema("prune", k, default=True), **STRICTER.get(("dual", k), {})}
                  for k in DUAL_KEYS})
+    dual["seeds"]["anyOf"][1]["items"] = props["seeds"]["items"]
     dual["structures"]["items"]["enum"] = list(field_choices(config_field("prune", "structure")))
     dual["block_scope"]["anyOf"][1]["enum"] = list(field_choices(config_field("prune", "scope")))
     dual["block_exclude"]["items"]["enum"] = list(field_choices(config_field("prune",

@@ -96,8 +96,7 @@ def train_epochs(s: Session, final_eval: bool) -> dict | None:
     bar = progress_bar(s)
     callbacks = standard_callbacks(s, final_eval, bar, t_start)
     stage, stop, last_good = None, None, copy.deepcopy(s.model.state_dict())
-    eager_cpu = not s.cfg.train.compile and s.device.type == "cpu"
-    with fast_pools(s.model, enabled=eager_cpu):  # the same weights, faster (pooling.py)
+    with fast_pools(s.model, enabled=not s.cfg.train.compile):  # same weights, faster
         for epoch in bar:
             if s.stage_at(epoch) is not stage:
                 stage = s.stage_at(epoch)

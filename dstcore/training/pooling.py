@@ -24,17 +24,22 @@ from torch import nn
 __all__ = ["TrainingAdaptiveMaxPool2d", "TrainingMaxPool2d", "fast_pools", "max_pool2x2"]
 
 
+@njit(inline="always")
+def _window_rows(p, i, h, w):  # pragma: no cover - compiled
+    """Flat offsets of rows 2i and 2i + 1 of plane ``p`` (``h`` x ``w``) and of output row
+    ``i`` (``h // 2`` x ``w // 2``): the layout both kernels walk."""
+    r0 = (p * h + 2 * i) * w
+    return r0, r0 + w, (p * (h // 2) + i) * (w // 2)
+
+
 @njit(cache=True, nogil=True, boundscheck=False)
 def _pool_forward(x, out, where, planes, h, w):  # pragma: no cover - compiled
     """2x2 stride-2 max of each plane of ``x`` (flat float32, ``planes`` x ``h`` x ``w``, both
     even) into ``out``, with the winner's position in its window (0-3, row-major) in ``where``."""
-    h2, w2 = h // 2, w // 2
     for p in range(planes):
-        base, ob = p * h * w, p * h2 * w2
-        for i in range(h2):
-            r0 = base + 2 * i * w
-            r1, o = r0 + w, ob + i * w2
-            for j in range(w2):
+        for i in range(h // 2):
+            r0, r1, o = _window_rows(p, i, h, w)
+            for j in range(w // 2):
                 a, b = x[r0 + 2 * j], x[r0 + 2 * j + 1]
                 c, d = x[r1 + 2 * j], x[r1 + 2 * j + 1]
                 take = (b > a) | (b != b)  # torch: a later value wins if larger, or NaN
@@ -53,13 +58,10 @@ def _pool_forward(x, out, where, planes, h, w):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True, boundscheck=False)
 def _pool_backward(g, where, gi, planes, h, w):  # pragma: no cover - compiled
     """Each output gradient of ``g`` to its window's winner in ``gi`` (zeros elsewhere)."""
-    h2, w2 = h // 2, w // 2
     for p in range(planes):
-        base, ob = p * h * w, p * h2 * w2
-        for i in range(h2):
-            r0 = base + 2 * i * w
-            r1, o = r0 + w, ob + i * w2
-            for j in range(w2):
+        for i in range(h // 2):
+            r0, r1, o = _window_rows(p, i, h, w)
+            for j in range(w // 2):
                 k, v = where[o + j], g[o + j]
                 gi[r0 + 2 * j] = v if k == 0 else 0.0
                 gi[r0 + 2 * j + 1] = v if k == 1 else 0.0
@@ -143,8 +145,8 @@ def _replacement(module: nn.Module) -> nn.Module | None:
 def fast_pools(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Swap ``model``'s max pools for the training pools above while the block runs (yields how
     many were swapped) and put the originals back after, so that tracing, saving and later
-    evaluation see the model as built. ``enabled=False`` swaps nothing (compiled or non-CPU
-    training, where torch's pools are traced or run on the device)."""
+    evaluation see the model as built. ``enabled=False`` swaps nothing: compiled training,
+    where Dynamo traces torch's pools (off the CPU the training pools call torch's anyway)."""
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     if enabled:
         for parent in list(model.modules()):

@@ -159,7 +159,7 @@ def measure_cell(cell: BenchCell, cfg: RunConfig, *, steps: int, warmup_steps: i
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0, batches.waited
 
-    with fast_pools(model, enabled=not compiled and device.type == "cpu"):  # as runs train
+    with fast_pools(model, enabled=not compiled):  # as runs train
         warmup_s = epoch(0, warmup_steps)[0] if warmup_steps else 0.0
         timed = [epoch(r + 1, steps) for r in range(max(rounds, 1))]
     seconds = statistics.median(t for t, _ in timed)
